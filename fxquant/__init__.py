@@ -1,0 +1,46 @@
+"""fxquant: a torch.fx graph-rewriting quantization compiler.
+
+    qmodel = fxquant.quantize(model, example_inputs)          # dynamic int8 by default
+    qmodel = fxquant.quantize(model, example_inputs, calibration=batches,
+                              config=fxquant.QuantConfig(mode="static"))
+"""
+
+from __future__ import annotations
+
+from . import ops
+from .api import calibrate, convert, prepare, quantize
+from .capture import capture
+from .config import QuantConfig
+from .errors import (
+    AlreadyQuantizedError,
+    CalibrationError,
+    CaptureError,
+    ConfigError,
+    ExampleInputError,
+    ExportError,
+    FxQuantError,
+    NonFiniteError,
+    PassError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyQuantizedError",
+    "CalibrationError",
+    "CaptureError",
+    "ConfigError",
+    "ExampleInputError",
+    "ExportError",
+    "FxQuantError",
+    "NonFiniteError",
+    "PassError",
+    "QuantConfig",
+    "__version__",
+    "calibrate",
+    "capture",
+    "convert",
+    "ops",
+    "prepare",
+    "quantize",
+]

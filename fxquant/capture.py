@@ -1,0 +1,138 @@
+"""Capture: a float model becomes a GraphModule, on a copy, with clear errors.
+
+The user's model is deep-copied first; tracing, evaluation mode and every later pass work on the
+copy, so quantization never changes the model it is given.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+import traceback
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .config import QuantConfig
+from .errors import AlreadyQuantizedError, CaptureError, ExampleInputError
+
+log = logging.getLogger("fxquant")
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_FXQUANT_DIR = os.path.dirname(__file__)
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    """Example inputs as a tuple: a lone tensor (or other value) becomes a 1-tuple."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True for a model fxquant already prepared or converted (or that contains one)."""
+    for m in model.modules():
+        if getattr(m, "_fxquant_quantized", False):
+            return True
+        if isinstance(m, fx.GraphModule) and "fxquant" in getattr(m, "meta", {}):
+            return True
+    return False
+
+
+class _Tracer(fx.Tracer):
+    """A symbolic tracer that keeps user-chosen module classes as leaves and remembers which
+    module it is inside, so a failure can name it."""
+
+    def __init__(self, leaf_modules: tuple[type, ...]) -> None:
+        super().__init__()
+        self.leaf_types = leaf_modules
+        self.module_path_stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.module_path_stack.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.module_path_stack.pop()
+
+
+def _user_frame(exc: BaseException) -> str:
+    """'file:line in function' of the innermost frame in the user's code, not torch's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames
+            if not f.filename.startswith(_TORCH_DIR) and not f.filename.startswith(_FXQUANT_DIR)]
+    if not mine:
+        return "unknown location"
+    f = mine[-1]
+    return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+
+
+def check_example_inputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    """Refuse example inputs that cannot bind to ``model.forward`` or that the model rejects."""
+    try:
+        inspect.signature(model.forward).bind(*example_inputs)
+    except TypeError as exc:
+        sig = inspect.signature(model.forward)
+        raise ExampleInputError(
+            f"example_inputs do not match {type(model).__name__}.forward{sig}: {exc}. Pass a "
+            "tuple with one entry per positional input."
+        ) from None
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as exc:
+        shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+                  for a in example_inputs]
+        raise ExampleInputError(
+            f"{type(model).__name__} failed on the example inputs {shapes}: "
+            f"{type(exc).__name__}: {exc} (at {_user_frame(exc)}). Pass inputs the model accepts "
+            "(right shapes, dtypes and device)."
+        ) from None
+
+
+def symbolic_trace(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` of ``model`` (not copied), with fxquant's errors."""
+    tracer = _Tracer(config.leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = tracer.module_path_stack[-1] if tracer.module_path_stack else "the top-level module"
+        raise CaptureError(
+            f"torch.fx could not trace {type(model).__name__}: it failed inside {where!r} "
+            f"({_user_frame(exc)}): {type(exc).__name__}: {exc}. Add that module's class to "
+            "QuantConfig.leaf_modules so it is kept as one opaque call, or rewrite the "
+            "data-dependent Python control flow with torch ops."
+        ) from None
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, class_name=name)
+    gm.meta["fxquant"] = {"capture": "symbolic_trace", "source_class": name, "stage": "captured"}
+    return gm
+
+
+def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.GraphModule:
+    """A GraphModule of a copy of ``model`` in eval mode, checked against ``example_inputs``."""
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}.")
+    if is_quantized(model):
+        raise AlreadyQuantizedError(
+            f"{type(model).__name__} was already quantized by fxquant; quantize the original "
+            "float model instead."
+        )
+    inputs = as_input_tuple(example_inputs)
+    # Everything below runs on a copy in eval mode: even the trial run would update a training
+    # model's BatchNorm statistics.
+    work = copy.deepcopy(model).eval()
+    check_example_inputs(work, inputs)
+    gm = symbolic_trace(work, config)
+    log.info("fxquant: captured %s with symbolic_trace", type(model).__name__)
+    return gm

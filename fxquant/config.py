@@ -1,0 +1,122 @@
+"""Typed, frozen configuration for fxquant.
+
+A QuantConfig is data: it validates itself on construction, round-trips through ``to_dict`` /
+``from_dict`` (that dict is what the ONNX export stores as metadata), and carries a version so an
+old dict can be recognised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Mode = Literal["weight_only", "dynamic", "static"]
+Granularity = Literal["per_channel", "per_tensor"]
+ActObserver = Literal["minmax", "moving_average", "percentile"]
+
+CONFIG_VERSION = 1
+_MODES = ("weight_only", "dynamic", "static")
+_GRANULARITIES = ("per_channel", "per_tensor")
+_OBSERVERS = ("minmax", "moving_average", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.
+
+    Attributes:
+        mode: ``"dynamic"`` (default) quantizes activations to int8 on the fly, per tensor, from
+            each batch's own range: no calibration needed. ``"static"`` uses activation ranges
+            calibrated ahead of time. ``"weight_only"`` keeps activations in float.
+        weight_bits: bits per weight code, 2..8. Codes are stored in ``torch.int8`` buffers.
+        weight_granularity: ``"per_channel"`` (one scale per output channel) or ``"per_tensor"``.
+        weight_symmetric: symmetric weights (zero-point 0, codes in ``[-(2^(b-1)-1), 2^(b-1)-1]``)
+            or asymmetric (full ``[-2^(b-1), 2^(b-1)-1]`` with a zero-point).
+        activation_observer: static mode's range estimator: ``"minmax"``, ``"moving_average"``
+            (min-max smoothed over batches) or ``"percentile"`` (histogram, clips outliers).
+        percentile: the percentile the ``"percentile"`` observer keeps, e.g. 99.99.
+        moving_average_momentum: weight of a new batch in the ``"moving_average"`` observer.
+        reduce_range: quantize activations to 7 bits (codes 0..127). On AVX2 CPUs without VNNI
+            the int8 kernel's ``vpmaddubsw`` adds pairs of u8*s8 products in 16 bits and saturates
+            for full 8-bit activations; 7-bit activations make the fast kernel exact. See
+            docs/kernel_choice.md for the measured error of each choice.
+        quantize_embeddings: also store ``nn.Embedding`` / ``F.embedding`` tables as int8, one
+            scale per row.
+        skip: module names (qualified, as in ``model.named_modules()``) left in float. A name also
+            skips everything below it.
+        leaf_modules: module classes the tracer keeps as opaque calls instead of tracing into.
+        min_weight_elements: layers with fewer weights stay float (tiny layers gain nothing).
+    """
+
+    mode: Mode = "dynamic"
+    weight_bits: int = 8
+    weight_granularity: Granularity = "per_channel"
+    weight_symmetric: bool = True
+    activation_observer: ActObserver = "minmax"
+    percentile: float = 99.99
+    moving_average_momentum: float = 0.1
+    reduce_range: bool = True
+    quantize_embeddings: bool = True
+    skip: tuple[str, ...] = ()
+    leaf_modules: tuple[type, ...] = field(default=(), compare=False)
+    min_weight_elements: int = 0
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}.")
+        if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
+            raise ConfigError(
+                f"weight_bits={self.weight_bits!r} is impossible: fxquant stores weight codes "
+                "in int8, so choose an integer from 2 to 8."
+            )
+        if self.weight_granularity not in _GRANULARITIES:
+            raise ConfigError(
+                f"unknown weight_granularity {self.weight_granularity!r}: "
+                f"choose one of {', '.join(_GRANULARITIES)}."
+            )
+        if self.activation_observer not in _OBSERVERS:
+            raise ConfigError(
+                f"unknown activation_observer {self.activation_observer!r}: "
+                f"choose one of {', '.join(_OBSERVERS)}."
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile={self.percentile} must lie in (50, 100].")
+        if not 0.0 < self.moving_average_momentum <= 1.0:
+            raise ConfigError("moving_average_momentum must lie in (0, 1].")
+        if isinstance(self.skip, str):
+            raise ConfigError("skip must be a tuple of module names, not one string.")
+        object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
+
+    def replace(self, **changes: Any) -> QuantConfig:
+        """A copy with some fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; leaf module classes are written as qualified names."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["skip"] = list(self.skip)
+        out["leaf_modules"] = [f"{c.__module__}.{c.__qualname__}" for c in self.leaf_modules]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        """Inverse of :meth:`to_dict`. Leaf module classes cannot be rebuilt from names and are
+        dropped; unknown keys are an error so a typo does not pass silently."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown QuantConfig fields: {sorted(unknown)}")
+        if data.get("version", CONFIG_VERSION) > CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {data['version']} is newer than this fxquant understands "
+                f"({CONFIG_VERSION}); upgrade fxquant."
+            )
+        kwargs = {k: v for k, v in data.items() if k != "leaf_modules"}
+        if "skip" in kwargs:
+            kwargs["skip"] = tuple(kwargs["skip"])
+        return cls(**kwargs)

@@ -1,0 +1,58 @@
+"""Reference kernels: what each fxquant op means, written with the numerics module.
+
+These materialise float weights and are slow on purpose: they are the specification the fast
+kernels are tested against, and the fallback where no fast kernel applies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import numerics
+
+
+def fake_quantize_dynamic(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
+    """Quantize-dequantize ``x`` per tensor with parameters from its own range (dynamic mode)."""
+    if x.numel() == 0:
+        return x
+    lo, hi = torch.aminmax(x.detach())
+    scale, zp = numerics.activation_qparams(lo.item(), hi.item(), reduce_range)
+    qr = numerics.activation_qrange(reduce_range)
+    return numerics.fake_quantize(x, scale, zp, qr)
+
+
+def fake_quantize_static(
+    x: torch.Tensor, scale: float, zero_point: int, reduce_range: bool
+) -> torch.Tensor:
+    """Quantize-dequantize ``x`` with calibrated per-tensor parameters (static mode)."""
+    return numerics.fake_quantize(x, scale, zero_point, numerics.activation_qrange(reduce_range))
+
+
+def linear_int8_weight(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``F.linear`` with a dequantized per-output-channel int8 weight."""
+    weight = numerics.dequantize(codes, scale, zero_point, axis=0)
+    return F.linear(x, weight, bias)
+
+
+def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
+    return linear_int8_weight(fake_quantize_dynamic(x, reduce_range), codes, scale, zero_point, bias)
+
+
+def linear_static(
+    x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale, zero_point, bias
+) -> torch.Tensor:
+    xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
+    return linear_int8_weight(xq, codes, scale, zero_point, bias)
+
+
+def embedding(indices: torch.Tensor, codes, scale, zero_point) -> torch.Tensor:
+    """Gather rows of an int8 table, then dequantize only the rows gathered."""
+    rows = F.embedding(indices, codes.to(torch.int32)).float()
+    return (rows - zero_point[indices].float().unsqueeze(-1)) * scale[indices].unsqueeze(-1)

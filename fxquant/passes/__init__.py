@@ -1,0 +1,38 @@
+"""The compiler's passes, and the one place their order is declared.
+
+    capture (fxquant.capture)      float model -> GraphModule
+    canonicalize                   one functional form per quantizable op
+    annotate                       decide what gets quantized (policy)
+    insert_observers               weight observers; activation observers in static mode
+    calibrate                      run representative batches (static mode)
+    lower_to_int8                  observers -> int8 buffers + quantize/dequantize ops
+    fuse_dequant_matmul            dequantize -> matmul  =>  one fused int8 op
+    cleanup                        dead code, unused float weights, sanity checks
+"""
+
+from __future__ import annotations
+
+from .annotate import run_annotate
+from .calibrate import run_calibrate
+from .canonicalize import run_canonicalize
+from .cleanup import run_cleanup
+from .fuse_dequant_matmul import run_fuse_dequant_matmul
+from .infra import Pass, PassContext, PassResult, run_passes
+from .insert_observers import run_insert_observers
+from .lower_to_int8 import run_lower_to_int8
+
+PREPARE: tuple[Pass, ...] = (run_canonicalize, run_annotate, run_insert_observers)
+CALIBRATE: tuple[Pass, ...] = (run_calibrate,)
+CONVERT: tuple[Pass, ...] = (run_lower_to_int8, run_fuse_dequant_matmul, run_cleanup)
+PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
+
+__all__ = [
+    "CALIBRATE",
+    "CONVERT",
+    "PIPELINE",
+    "PREPARE",
+    "Pass",
+    "PassContext",
+    "PassResult",
+    "run_passes",
+]

@@ -1,0 +1,57 @@
+"""Annotate: decide which ops get quantized (policy only; nothing is inserted here).
+
+Requires: a canonical graph (see ``canonicalize``).
+Guarantees: every canonical quantizable node has ``meta["fxquant"]["quantize"]`` set; ``True``
+nodes also carry ``kind`` and ``mode``; ``False`` nodes carry a ``reason``.
+Why: keeping the decision apart from the mechanism (as torchao's pt2e annotators do) lets a user
+read why a layer stayed float, and lets the observer pass stay a plain rewrite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ..config import QuantConfig
+from ..graph import fetch_attr, kind_of, meta
+from .infra import PassContext, PassResult
+
+
+def _skipped(source: str, skip: tuple[str, ...]) -> bool:
+    return any(source == s or source.startswith(s + ".") for s in skip)
+
+
+def refusal_reason(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> str | None:
+    """Why ``node`` must stay float, or None when it can be quantized."""
+    kind = kind_of(node)
+    weight = node.args[1] if len(node.args) > 1 else None
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return "weight is computed in the graph, not a parameter"
+    source = meta(node).get("source", weight.target)
+    if _skipped(source, config.skip):
+        return "listed in QuantConfig.skip"
+    if kind == "embedding" and not config.quantize_embeddings:
+        return "QuantConfig.quantize_embeddings is False"
+    tensor = fetch_attr(gm, weight.target)
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
+        return f"weight dtype {getattr(tensor, 'dtype', type(tensor))} is not float32"
+    if tensor.numel() < config.min_weight_elements:
+        return f"{tensor.numel()} weights < QuantConfig.min_weight_elements"
+    if kind == "conv" and node.kwargs:
+        return "conv called with keyword arguments"
+    return None
+
+
+def run_annotate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    for node in gm.graph.nodes:
+        kind = kind_of(node)
+        if kind is None:
+            continue
+        reason = refusal_reason(gm, node, ctx.config)
+        info = meta(node)
+        info.update(kind=kind, quantize=reason is None, mode=ctx.config.mode)
+        if reason is not None:
+            info["reason"] = reason
+            ctx.refuse("annotate", node, reason)
+    # Annotation changes metadata only, never the graph.
+    return PassResult(gm, False)

@@ -1,0 +1,63 @@
+"""Canonicalise: bring every quantizable op to one functional form.
+
+Requires: a GraphModule captured from a float model.
+Guarantees: every ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (zero padding mode) and
+``nn.Embedding`` (no ``max_norm``) call is a ``call_function`` to ``F.linear`` / ``F.conv1d`` /
+``F.conv2d`` / ``F.embedding`` whose weight (argument 1) and bias are ``get_attr`` nodes, and
+``node.meta["fxquant"]["source"]`` names the module the op came from.
+Why: later passes then match one pattern per op kind instead of one per way of writing it; a module
+call and a functional call on a parameter quantize the same way.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..graph import fetch_attr, kind_of, meta, source_of_weight
+from .infra import PassContext, PassResult
+
+
+def _functional_call(
+    graph: fx.Graph, node: fx.Node, module: nn.Module
+) -> fx.Node | None:
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    w = graph.get_attr(f"{node.target}.weight")
+    b = graph.get_attr(f"{node.target}.bias") if getattr(module, "bias", None) is not None else None
+    if type(module) is nn.Linear:
+        return graph.call_function(F.linear, (x, w, b))
+    if type(module) in (nn.Conv1d, nn.Conv2d) and module.padding_mode == "zeros":
+        fn = F.conv1d if type(module) is nn.Conv1d else F.conv2d
+        padding = module.padding
+        args = (x, w, b, module.stride, padding, module.dilation, module.groups)
+        return graph.call_function(fn, args)
+    if type(module) is nn.Embedding and module.max_norm is None:
+        return graph.call_function(F.embedding, (x, w, module.padding_idx))
+    return None
+
+
+def _modules_with_weights(gm: fx.GraphModule) -> set[str]:
+    return {n for n, m in gm.named_modules() if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d,
+                                                             nn.Embedding)}
+
+
+def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    candidates = _modules_with_weights(gm)
+    modified = False
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target in candidates and len(node.args) == 1:
+            module = fetch_attr(gm, node.target)
+            with gm.graph.inserting_before(node):
+                new = _functional_call(gm.graph, node, module)
+            if new is None:
+                ctx.refuse("canonicalize", node, f"{type(module).__name__} options not supported")
+                continue
+            meta(new)["source"] = node.target
+            new.meta.update({k: v for k, v in node.meta.items() if k != "fxquant"})
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            modified = True
+        elif kind_of(node) and node.args[1].op == "get_attr" and "source" not in meta(node):
+            meta(node)["source"] = source_of_weight(node.args[1].target)
+    return PassResult(gm, modified)

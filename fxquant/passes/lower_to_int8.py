@@ -1,0 +1,93 @@
+"""Lower fake to real: observers become int8 buffers and explicit quantize/dequantize ops.
+
+Requires: an observed graph; in static mode, calibrated activation observers.
+Guarantees:
+  * each WeightObserver becomes ``fxquant.dequantize_weight(codes, scale, zero_point, 0)`` reading
+    ``fxq.<source>_w_int8`` (torch.int8), ``_w_scale`` (float32) and ``_w_zp`` (int32) buffers;
+    the float weight has no quantized user left (cleanup drops it);
+  * biases of quantized ops move to ``fxq.<source>_bias`` so the float module can be dropped;
+  * static mode: each activation observer becomes ``quantize_activation -> dequantize_activation``
+    with the calibrated scale and zero-point; dynamic mode: each quantized matmul's input passes
+    through ``fake_quantize_dynamic``; weight-only mode leaves activations in float.
+The lowered graph computes exactly what the int8 model computes (with the reference kernels), so
+it is the specification the fusion pass must preserve.
+Why: it separates *what* the quantized model computes from *how fast* (fusion's job).
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from .. import numerics, ops
+from ..graph import add_buffer, fetch_attr, kind_of, meta
+from ..observers import Observer, WeightObserver
+from .infra import PassContext, PassResult
+
+
+def _lower_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -> None:
+    weight = node.args[0]
+    qw = numerics.quantize_weight(
+        fetch_attr(gm, weight.target), observer.bits, observer.symmetric, observer.per_channel
+    )
+    with gm.graph.inserting_before(node):
+        attrs = [
+            gm.graph.get_attr(add_buffer(gm, observer.target, role, tensor))
+            for role, tensor in (("w_int8", qw.codes), ("w_scale", qw.scale),
+                                 ("w_zp", qw.zero_point))
+        ]
+        deq = gm.graph.call_function(ops.dequantize_weight, (*attrs, qw.axis))
+    meta(deq).update(source=observer.target, bits=observer.bits, symmetric=observer.symmetric,
+                     per_channel=observer.per_channel)
+    node.replace_all_uses_with(deq)
+    gm.graph.erase_node(node)
+
+
+def _lower_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer, rr: bool) -> None:
+    lo, hi = observer.quant_range()
+    scale, zero_point = numerics.activation_qparams(lo, hi, rr)
+    with gm.graph.inserting_before(node):
+        q = gm.graph.call_function(ops.quantize_activation, (node.args[0], scale, zero_point, rr))
+        dq = gm.graph.call_function(ops.dequantize_activation, (q, scale, zero_point))
+    meta(q).update(range=(lo, hi), observer=type(observer).__name__, batches=observer.batches)
+    node.replace_all_uses_with(dq)
+    gm.graph.erase_node(node)
+
+
+def _move_bias(gm: fx.GraphModule, node: fx.Node) -> None:
+    bias = node.args[2] if len(node.args) > 2 else None
+    if not isinstance(bias, fx.Node) or bias.op != "get_attr" or len(bias.users) != 1:
+        return
+    with gm.graph.inserting_before(node):
+        target = add_buffer(gm, meta(node)["source"], "bias", fetch_attr(gm, bias.target).detach())
+        node.replace_input_with(bias, gm.graph.get_attr(target))
+
+
+def _insert_dynamic_quant(gm: fx.GraphModule, node: fx.Node, rr: bool, seen: dict) -> None:
+    x = node.args[0]
+    if x not in seen:
+        with gm.graph.inserting_before(node):
+            seen[x] = gm.graph.call_function(ops.fake_quantize_dynamic, (x, rr))
+    node.replace_input_with(x, seen[x])
+
+
+def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    rr = ctx.config.reduce_range
+    modified = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = fetch_attr(gm, node.target)
+        if isinstance(module, WeightObserver):
+            _lower_weight(gm, node, module)
+        elif isinstance(module, Observer):
+            _lower_activation(gm, node, module, rr)
+        else:
+            continue
+        modified = True
+    dynamic_inputs: dict[fx.Node, fx.Node] = {}
+    for node in list(gm.graph.nodes):
+        if kind_of(node) and meta(node).get("quantize"):
+            _move_bias(gm, node)
+            if ctx.config.mode == "dynamic" and kind_of(node) in ("linear", "conv"):
+                _insert_dynamic_quant(gm, node, rr, dynamic_inputs)
+    return PassResult(gm, modified)
