@@ -100,27 +100,120 @@ def check_example_inputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> N
         ) from None
 
 
+def _trace_failure(model: nn.Module, tracer: _Tracer, exc: Exception) -> CaptureError:
+    where = tracer.module_path_stack[-1] if tracer.module_path_stack else "the top-level module"
+    return CaptureError(
+        f"torch.fx could not trace {type(model).__name__}: it failed inside {where!r} "
+        f"({_user_frame(exc)}): {type(exc).__name__}: {exc}. Add that module's class to "
+        "QuantConfig.leaf_modules so it is kept as one opaque call, skip it, or rewrite the "
+        "data-dependent Python control flow with torch ops."
+    )
+
+
 def symbolic_trace(model: nn.Module, config: QuantConfig) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` of ``model`` (not copied), with fxquant's errors."""
     tracer = _Tracer(config.leaf_modules)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        where = tracer.module_path_stack[-1] if tracer.module_path_stack else "the top-level module"
-        raise CaptureError(
-            f"torch.fx could not trace {type(model).__name__}: it failed inside {where!r} "
-            f"({_user_frame(exc)}): {type(exc).__name__}: {exc}. Add that module's class to "
-            "QuantConfig.leaf_modules so it is kept as one opaque call, or rewrite the "
-            "data-dependent Python control flow with torch ops."
-        ) from None
+        raise _trace_failure(model, tracer, exc) from None
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, class_name=name)
     gm.meta["fxquant"] = {"capture": "symbolic_trace", "source_class": name, "stage": "captured"}
     return gm
 
 
+def _dynamic_shapes(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    from torch.export import Dim
+
+    return tuple(
+        {d: Dim.AUTO for d in range(a.dim())} if isinstance(a, torch.Tensor) else None
+        for a in inputs
+    )
+
+
+def _specialized_dims(gm: fx.GraphModule) -> list[str]:
+    """Input dimensions torch.export fixed to the example's size."""
+    fixed = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, node in enumerate(placeholders):
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            fixed += [f"input {i} dim {d} = {s}" for d, s in enumerate(val.shape)
+                      if isinstance(s, int) and s > 1 and d < 2]
+    return fixed
+
+
+def _widened(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The example with batch and sequence dimensions (0 and 1) of size 1 repeated to 2.
+
+    torch.export fixes a dimension whose example size is 0 or 1 (it cannot tell a broadcast from
+    a batch), so a batch-1 example would give a model that only runs at batch 1.
+    """
+    def widen(a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        for d in range(min(a.dim(), 2)):
+            if a.shape[d] == 1:
+                a = torch.cat([a, a], dim=d)
+        return a
+
+    widened = tuple(widen(a) for a in inputs)
+    same = all(w is a for w, a in zip(widened, inputs, strict=True))
+    return inputs if same else widened
+
+
+def _export(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+    return torch.export.export(
+        model, inputs, dynamic_shapes=_dynamic_shapes(inputs), strict=False
+    ).module()
+
+
+def export_capture(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+    """Capture with ``torch.export`` (non-strict), every tensor dimension dynamic where the model
+    allows it, so the quantized model accepts other batch sizes and sequence lengths."""
+    widened = _widened(inputs)
+    gm = None
+    if widened is not inputs:
+        try:
+            gm = _export(model, widened)
+            with torch.no_grad():
+                gm(*inputs)  # the widened capture must still take the user's own example
+        except Exception:
+            gm = None
+    if gm is None:
+        gm = _export(model, inputs)
+    name = type(model).__name__
+    gm.meta["fxquant"] = {"capture": "torch.export", "source_class": name, "stage": "captured"}
+    fixed = _specialized_dims(gm)
+    if fixed:
+        log.warning("fxquant: torch.export fixed %s of %s to the example's size", fixed, name)
+    return gm
+
+
+def _capture_graph(work: nn.Module, inputs: tuple[Any, ...], config: QuantConfig) -> fx.GraphModule:
+    if config.capture == "export":
+        return export_capture(work, inputs)
+    try:
+        return symbolic_trace(work, config)
+    except CaptureError as trace_error:
+        if config.capture == "symbolic_trace":
+            raise
+        log.info("fxquant: symbolic_trace failed (%s); capturing with torch.export", trace_error)
+        try:
+            return export_capture(work, inputs)
+        except Exception as exc:
+            raise CaptureError(
+                f"{trace_error} torch.export (the fallback) failed too, at {_user_frame(exc)}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+
+
 def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.GraphModule:
-    """A GraphModule of a copy of ``model`` in eval mode, checked against ``example_inputs``."""
+    """A GraphModule of a copy of ``model`` in eval mode, checked against ``example_inputs``.
+
+    ``gm.meta["fxquant"]["capture"]`` says which method captured it.
+    """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}.")
     if is_quantized(model):
@@ -133,6 +226,6 @@ def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.Gr
     # model's BatchNorm statistics.
     work = copy.deepcopy(model).eval()
     check_example_inputs(work, inputs)
-    gm = symbolic_trace(work, config)
-    log.info("fxquant: captured %s with symbolic_trace", type(model).__name__)
+    gm = _capture_graph(work, inputs, config)
+    log.info("fxquant: captured %s with %s", type(model).__name__, gm.meta["fxquant"]["capture"])
     return gm

@@ -16,11 +16,13 @@ from .errors import ConfigError
 Mode = Literal["weight_only", "dynamic", "static"]
 Granularity = Literal["per_channel", "per_tensor"]
 ActObserver = Literal["minmax", "moving_average", "percentile"]
+CaptureMethod = Literal["auto", "symbolic_trace", "export"]
 
 CONFIG_VERSION = 1
 _MODES = ("weight_only", "dynamic", "static")
 _GRANULARITIES = ("per_channel", "per_tensor")
 _OBSERVERS = ("minmax", "moving_average", "percentile")
+_CAPTURES = ("auto", "symbolic_trace", "export")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class QuantConfig:
             skips everything below it.
         leaf_modules: module classes the tracer keeps as opaque calls instead of tracing into.
         min_weight_elements: layers with fewer weights stay float (tiny layers gain nothing).
+        capture: how the model becomes a graph. ``"auto"`` tries ``torch.fx.symbolic_trace`` and
+            falls back to ``torch.export`` (non-strict, dynamic shapes) when tracing fails, as it
+            does for Hugging Face transformers; the other two force one method.
     """
 
     mode: Mode = "dynamic"
@@ -63,6 +68,7 @@ class QuantConfig:
     skip: tuple[str, ...] = ()
     leaf_modules: tuple[type, ...] = field(default=(), compare=False)
     min_weight_elements: int = 0
+    capture: CaptureMethod = "auto"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -82,6 +88,10 @@ class QuantConfig:
             raise ConfigError(
                 f"unknown activation_observer {self.activation_observer!r}: "
                 f"choose one of {', '.join(_OBSERVERS)}."
+            )
+        if self.capture not in _CAPTURES:
+            raise ConfigError(
+                f"unknown capture {self.capture!r}: choose one of {', '.join(_CAPTURES)}."
             )
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile={self.percentile} must lie in (50, 100].")

@@ -89,4 +89,7 @@ def fetch_attr(gm: fx.GraphModule, target: str) -> Any:
 
 def source_of_weight(weight_target: str) -> str:
     """The layer a weight belongs to: ``encoder.fc1.weight`` -> ``encoder.fc1``."""
-    return weight_target.removesuffix(".weight") if "." in weight_target else weight_target
+    for suffix in (".weight_t", ".weight"):
+        if weight_target.endswith(suffix):
+            return weight_target.removesuffix(suffix)
+    return weight_target

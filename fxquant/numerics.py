@@ -83,6 +83,8 @@ def weight_qparams(
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         zp = qr.qmin - torch.round(min_val / safe)
         zero_point = torch.clamp(zp, qr.qmin, qr.qmax).to(torch.int32)
+    # A zero-range channel: zero-point 0 as documented (not qmin), so its codes are all 0.
+    zero_point = torch.where(scale > 0, zero_point, torch.zeros_like(zero_point))
     scale = torch.where(scale > 0, scale.clamp(min=MIN_WEIGHT_SCALE), torch.ones_like(scale))
     return scale, zero_point
 

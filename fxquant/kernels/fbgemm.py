@@ -15,7 +15,9 @@ rebuilt whenever they change or are replaced.
 
 from __future__ import annotations
 
+import functools
 import threading
+from dataclasses import dataclass
 import warnings
 import weakref
 from typing import Any
@@ -24,10 +26,9 @@ import torch
 
 from .. import numerics
 
-_CACHE: dict[tuple[int, ...], tuple[weakref.ref[torch.Tensor], Any]] = {}
-_LOCK = threading.Lock()
-
-
+_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
+_LINEAR_STATIC = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
+@functools.cache
 def available() -> bool:
     """True where fbgemm's kernels are compiled in (x86 builds of PyTorch)."""
     return "fbgemm" in torch.backends.quantized.supported_engines
@@ -37,24 +38,28 @@ def can_run(x: torch.Tensor, codes: torch.Tensor) -> bool:
     """Whether the fast path applies: float32 activations on CPU and a 2-D int8 weight."""
     return (
         x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and codes.dtype == torch.int8
+        and not x.is_cuda
         and codes.dim() == 2
-        and x.shape[-1] == codes.shape[1]
         and x.numel() > 0
         and not x.requires_grad
         and available()
     )
 
 
-def _key(*tensors: torch.Tensor | None) -> tuple[int, ...]:
-    key: list[int] = []
-    for t in tensors:
-        if t is None:
-            key += [0, 0]
-        else:
-            key += [t.data_ptr(), t._version]
-    return tuple(key)
+@dataclass(frozen=True)
+class _Packed:
+    codes: weakref.ref[torch.Tensor]
+    versions: tuple[int, ...]
+    others: tuple[int, ...]  # ids of scale, zero_point, bias: a replaced tensor invalidates
+    packed: Any
+
+
+_CACHE: dict[tuple[int, int], _Packed] = {}
+_LOCK = threading.Lock()
+
+
+def _versions(*tensors: torch.Tensor | None) -> tuple[int, ...]:
+    return tuple(-1 if t is None else t._version for t in tensors)
 
 
 def packed_weight(
@@ -63,12 +68,19 @@ def packed_weight(
     zero_point: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> Any:
-    """fbgemm's packed form of an int8 weight (cached; never saved in a state_dict)."""
-    key = _key(codes, scale, zero_point, bias)
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is codes:
-            return hit[1]
+    """fbgemm's packed form of an int8 weight (cached; never saved in a state_dict).
+
+    The cache is keyed on the identity of the int8 tensor and bias and checked against the version
+    counters of all four tensors, so an in-place change to any of them repacks.
+    """
+    hit = _CACHE.get((id(codes), id(bias)))
+    if (
+        hit is not None
+        and hit.codes() is codes
+        and hit.others == (id(scale), id(zero_point), id(bias))
+        and hit.versions == _versions(codes, scale, zero_point, bias)
+    ):
+        return hit.packed
     with warnings.catch_warnings():
         # fbgemm's packing API takes a quantized tensor, a type torch has deprecated; it lives
         # only here, for the moment of packing.
@@ -77,10 +89,12 @@ def packed_weight(
             codes, scale.double(), zero_point.long(), 0
         )
         packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach())
+    entry = _Packed(weakref.ref(codes), _versions(codes, scale, zero_point, bias),
+                    (id(scale), id(zero_point), id(bias)), packed)
     with _LOCK:
-        for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
-            del _CACHE[k]
-        _CACHE[key] = (weakref.ref(codes), packed)
+        for key in [k for k, e in _CACHE.items() if e.codes() is None]:
+            del _CACHE[key]
+        _CACHE[(id(codes), id(bias))] = entry
     return packed
 
 
@@ -90,14 +104,20 @@ def clear_cache() -> None:
 
 
 def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 2 and x.is_contiguous():
+        return x
     return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _with_rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` (2-D) reshaped to ``x``'s leading dimensions."""
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
     """int8 x int8 GEMM; activations quantized per tensor from the batch's own range."""
     packed = packed_weight(codes, scale, zero_point, bias)
-    y = torch.ops.quantized.linear_dynamic(_as_2d(x), packed, reduce_range)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
+    return _with_rows(_LINEAR_DYNAMIC(_as_2d(x), packed, reduce_range), x)
 
 
 def _static(x2d: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool, packed):
@@ -108,9 +128,7 @@ def _static(x2d: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: 
         lo = (qr.qmin - x_zero_point) * x_scale
         hi = (qr.qmax - x_zero_point) * x_scale
         x2d = torch.clamp(x2d, lo, hi)
-    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-        x2d, x_scale, x_zero_point, packed
-    )
+    return _LINEAR_STATIC(x2d, x_scale, x_zero_point, packed)
 
 
 def linear_static(
@@ -118,8 +136,7 @@ def linear_static(
 ) -> torch.Tensor:
     """int8 x int8 GEMM with calibrated activation parameters, float32 output."""
     packed = packed_weight(codes, scale, zero_point, bias)
-    y = _static(_as_2d(x), x_scale, x_zero_point, reduce_range, packed)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
+    return _with_rows(_static(_as_2d(x), x_scale, x_zero_point, reduce_range, packed), x)
 
 
 def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
@@ -143,4 +160,4 @@ def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
     y += _static(residual, s2, z2, True, packed)
     if bias is not None:
         y += bias
-    return y.reshape(*x.shape[:-1], codes.shape[0])
+    return _with_rows(y, x)

@@ -54,5 +54,5 @@ def linear_static(
 
 def embedding(indices: torch.Tensor, codes, scale, zero_point) -> torch.Tensor:
     """Gather rows of an int8 table, then dequantize only the rows gathered."""
-    rows = F.embedding(indices, codes.to(torch.int32)).float()
-    return (rows - zero_point[indices].float().unsqueeze(-1)) * scale[indices].unsqueeze(-1)
+    rows = codes[indices].float()  # gathers int8 rows; the table is never converted whole
+    return (rows - zero_point[indices].unsqueeze(-1)) * scale[indices].unsqueeze(-1)

@@ -4,7 +4,10 @@ Requires: a GraphModule captured from a float model.
 Guarantees: every ``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d`` (zero padding mode) and
 ``nn.Embedding`` (no ``max_norm``) call is a ``call_function`` to ``F.linear`` / ``F.conv1d`` /
 ``F.conv2d`` / ``F.embedding`` whose weight (argument 1) and bias are ``get_attr`` nodes, and
-``node.meta["fxquant"]["source"]`` names the module the op came from.
+``node.meta["fxquant"]["source"]`` names the module the op came from. The other spellings of a
+parameter matmul, from symbolic tracing or ``torch.export`` (``aten.linear``, ``addmm`` with a
+parameter, ``matmul``/``@`` with a parameter, ``aten.embedding``, ``aten.conv*``), are rewritten
+to the same functional form by the rules in ``functional_forms``.
 Why: later passes then match one pattern per op kind instead of one per way of writing it; a module
 call and a functional call on a parameter quantize the same way.
 """
@@ -16,12 +19,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph import fetch_attr, kind_of, meta, source_of_weight
+from .functional_forms import RULES
 from .infra import PassContext, PassResult
+
+
+def _supported(module: nn.Module) -> bool:
+    if type(module) in (nn.Conv1d, nn.Conv2d):
+        return module.padding_mode == "zeros"
+    return type(module) is nn.Linear or (type(module) is nn.Embedding and module.max_norm is None)
 
 
 def _functional_call(
     graph: fx.Graph, node: fx.Node, module: nn.Module
 ) -> fx.Node | None:
+    if not _supported(module):
+        return None  # decide before adding nodes: a refusal must leave the graph untouched
     x = node.args[0] if node.args else node.kwargs.get("input")
     w = graph.get_attr(f"{node.target}.weight")
     b = graph.get_attr(f"{node.target}.bias") if getattr(module, "bias", None) is not None else None
@@ -42,22 +54,48 @@ def _modules_with_weights(gm: fx.GraphModule) -> set[str]:
                                                              nn.Embedding)}
 
 
+def _canonicalize_module_call(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> bool:
+    module = fetch_attr(gm, node.target)
+    with gm.graph.inserting_before(node):
+        new = _functional_call(gm.graph, node, module)
+    if new is None:
+        ctx.refuse("canonicalize", node, f"{type(module).__name__} options not supported")
+        return False
+    meta(new)["source"] = node.target
+    new.meta.update({k: v for k, v in node.meta.items() if k != "fxquant"})
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return True
+
+
+def _canonicalize_function_call(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> bool:
+    result = RULES[node.target](gm, node)
+    if isinstance(result, str):
+        ctx.refuse("canonicalize", node, result)
+        return False
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(result.fn, result.args)
+    new.meta.update({k: v for k, v in node.meta.items() if k != "fxquant"})
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return True
+
+
+def _record_source(node: fx.Node) -> None:
+    weight = node.args[1] if len(node.args) > 1 else None  # F.linear(x, weight=w): no weight
+    if isinstance(weight, fx.Node) and weight.op == "get_attr" and "source" not in meta(node):
+        meta(node)["source"] = source_of_weight(weight.target)
+
+
 def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     candidates = _modules_with_weights(gm)
     modified = False
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target in candidates and len(node.args) == 1:
-            module = fetch_attr(gm, node.target)
-            with gm.graph.inserting_before(node):
-                new = _functional_call(gm.graph, node, module)
-            if new is None:
-                ctx.refuse("canonicalize", node, f"{type(module).__name__} options not supported")
-                continue
-            meta(new)["source"] = node.target
-            new.meta.update({k: v for k, v in node.meta.items() if k != "fxquant"})
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
-            modified = True
-        elif kind_of(node) and node.args[1].op == "get_attr" and "source" not in meta(node):
-            meta(node)["source"] = source_of_weight(node.args[1].target)
+            modified |= _canonicalize_module_call(gm, node, ctx)
+        elif node.op == "call_function" and node.target in RULES:
+            modified |= _canonicalize_function_call(gm, node, ctx)
+    for node in gm.graph.nodes:
+        if kind_of(node):
+            _record_source(node)
     return PassResult(gm, modified)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from ..config import QuantConfig
 from ..graph import add_module, fetch_attr, meta
 from ..observers import WeightObserver, make_activation_observer
 from .infra import PassContext, PassResult
@@ -34,33 +35,47 @@ def _observe(
     return obs
 
 
+def _weight_observer(
+    gm: fx.GraphModule, node: fx.Node, cfg: QuantConfig, observed: dict[str, fx.Node],
+    nodes: list[fx.Node],
+) -> fx.Node:
+    """The observer node for ``node``'s weight, inserted on first use of that parameter."""
+    weight = node.args[1]
+    if weight.op == "call_module":  # a tied weight: an earlier user inserted its observer
+        return weight
+    if weight.target not in observed:
+        source = meta(node)["source"]
+        observer = WeightObserver(
+            source, cfg.weight_bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel"
+        )
+        observer.check_finite(fetch_attr(gm, weight.target))
+        target = add_module(gm, source, "w_obs", observer)
+        users = [u for u in weight.users if u in nodes]
+        observed[weight.target] = _observe(gm, weight, target, users, users[0])
+    node.replace_input_with(weight, observed[weight.target])
+    return observed[weight.target]
+
+
+def _activation_observer(
+    gm: fx.GraphModule, node: fx.Node, cfg: QuantConfig, observed: dict[fx.Node, fx.Node]
+) -> fx.Node:
+    x = node.args[0]
+    if x not in observed:
+        source = meta(node)["source"]
+        observer = make_activation_observer(cfg, f"input of {source}")
+        observed[x] = _observe(gm, x, add_module(gm, source, "act_obs", observer), [node], node)
+    node.replace_input_with(x, observed[x])
+    return observed[x]
+
+
 def run_insert_observers(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
-    weight_observers: dict[str, fx.Node] = {}
-    act_observers: dict[fx.Node, fx.Node] = {}
+    weights: dict[str, fx.Node] = {}
+    activations: dict[fx.Node, fx.Node] = {}
     nodes = _quantized_nodes(gm)
     for node in nodes:
         info = meta(node)
-        weight = node.args[1]
-        if weight.target not in weight_observers:
-            observer = WeightObserver(
-                info["source"], cfg.weight_bits, cfg.weight_symmetric,
-                cfg.weight_granularity == "per_channel",
-            )
-            observer.check_finite(fetch_attr(gm, weight.target))
-            target = add_module(gm, info["source"], "w_obs", observer)
-            users = [u for u in weight.users if u in nodes]
-            weight_observers[weight.target] = _observe(gm, weight, target, users, users[0])
-        else:
-            node.replace_input_with(weight, weight_observers[weight.target])
-        info["weight_observer"] = weight_observers[weight.target].target
+        info["weight_observer"] = _weight_observer(gm, node, cfg, weights, nodes).target
         if cfg.mode == "static" and info["kind"] in ("linear", "conv"):
-            x = node.args[0]
-            if x not in act_observers:
-                observer = make_activation_observer(cfg, f"input of {info['source']}")
-                target = add_module(gm, info["source"], "act_obs", observer)
-                act_observers[x] = _observe(gm, x, target, [node], node)
-            else:
-                node.replace_input_with(x, act_observers[x])
-            info["act_observer"] = act_observers[x].target
+            info["act_observer"] = _activation_observer(gm, node, cfg, activations).target
     return PassResult(gm, bool(nodes))

@@ -1,0 +1,58 @@
+"""Finalize the lowered model: default domain only, pinned IR version, clean value infos, and
+``onnx.checker.check_model(full_check=True)``.
+
+Requires: a lowered model (no placeholder left).
+Guarantees: ``opset_import`` is exactly ``ai.onnx`` at the requested opset; ``ir_version`` is the
+one that goes with that opset; the file passes the full checker (which also runs strict shape
+inference). Any node outside the default domain is an error naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+
+from ..errors import ExportError
+from .versions import ir_version_for
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            subs = [attr.g] if attr.HasField("g") else []
+            for sub in (*subs, *attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def finalize(model: onnx.ModelProto, opset: int) -> None:
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph)
+                      if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise ExportError(
+            f"the exported graph uses ops outside the default ONNX domain: {foreign}. fxquant "
+            "writes standard ONNX only; this is an fxquant bug if these are fxquant ops."
+        )
+    del model.opset_import[:]
+    model.opset_import.append(onnx.helper.make_opsetid("", opset))
+    model.ir_version = ir_version_for(opset)
+    # Value infos from tracing describe the placeholders' outputs; ONNX Runtime infers its own.
+    del model.graph.value_info[:]
+    model.producer_name = "fxquant"
+    model.producer_version = _fxquant_version()
+    check(model)
+
+
+def _fxquant_version() -> str:
+    from .. import __version__  # late: fxquant/__init__ imports this package
+
+    return __version__
+
+
+def check(model: onnx.ModelProto) -> None:
+    """The full ONNX checker, as an ExportError."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported model fails onnx.checker: {exc}") from exc

@@ -1,0 +1,123 @@
+"""Replace every placeholder node of the traced graph by standard ``ai.onnx`` nodes.
+
+Requires: a model from :func:`.trace.trace_to_onnx` (placeholders in domain ``fxquant.onnx``).
+Guarantees: no placeholder remains; each int8 weight is one INT8 initializer named
+``<layer>.w_int8`` with its ``.w_scale`` / ``.w_zp``; the original buffers the placeholders read
+are dropped; every quantized tensor is recorded with its scale and zero-point tensors (for
+``GraphProto.quantization_annotation``).
+Why: the exporter's constant folding would otherwise decide the layout and names of the weights;
+writing the patterns here keeps them exactly the ones ONNX Runtime fuses, in one place per op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import onnx
+
+from ..errors import ExportError
+from .activation import ActivationPolicy
+from .builder import GraphBuilder
+from .context import LoweringContext
+from .lower_embedding import lower_embedding
+from .lower_linear import lower_linear_dynamic, lower_linear_static, lower_linear_weight_only
+from .lower_qdq import (
+    lower_dequantize_activation,
+    lower_dequantize_weight,
+    lower_fake_quantize_dynamic,
+    lower_quantize_activation,
+)
+from .symbolics import DOMAIN
+from .weights import Layout, OnnxWeight, WeightTable, WeightUse, plan_weights
+
+Rule = Callable[[LoweringContext, onnx.NodeProto], None]
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    rule: Rule
+    codes_input: int | None  # which input holds the int8 codes, if any
+    layout: Layout
+    integer_matmul: bool = False  # its codes feed MatMulInteger (see ActivationPolicy)
+
+
+RULES: dict[str, _Placeholder] = {
+    "linear_dynamic": _Placeholder(lower_linear_dynamic, 1, "transposed", integer_matmul=True),
+    "linear_static": _Placeholder(lower_linear_static, 1, "transposed"),
+    "linear_weight_only": _Placeholder(lower_linear_weight_only, 1, "transposed"),
+    "embedding": _Placeholder(lower_embedding, 1, "stored"),
+    "dequantize_weight": _Placeholder(lower_dequantize_weight, 0, "stored"),
+    "fake_quantize_dynamic": _Placeholder(lower_fake_quantize_dynamic, None, "stored"),
+    "quantize_activation": _Placeholder(lower_quantize_activation, None, "stored"),
+    "dequantize_activation": _Placeholder(lower_dequantize_activation, None, "stored"),
+}
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """What lowering produced besides the graph: the weights and the annotation records."""
+
+    weights: tuple[OnnxWeight, ...]
+    annotations: Mapping[str, tuple[str, str]]
+    placeholders: Mapping[str, int]  # op name -> how many were lowered
+
+
+def _subgraph_placeholders(graph: onnx.GraphProto) -> Iterator[str]:
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+                yield from (n.op_type for n in sub.node if n.domain == DOMAIN)
+                yield from _subgraph_placeholders(sub)
+
+
+def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose results nobody reads (e.g. the exporter's Identity copies
+    of the int8 buffers the placeholders consumed)."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:  # names a control-flow body reads from outside
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    needed.update(i for n in sub.node for i in n.input)
+    return keep[::-1]
+
+
+def _rule(node: onnx.NodeProto) -> _Placeholder:
+    if node.op_type not in RULES:
+        raise ExportError(f"no ONNX lowering for fxquant op {node.op_type!r}.")
+    return RULES[node.op_type]
+
+
+def lower_placeholders(model: onnx.ModelProto, sources: Mapping[str, str],
+                       policy: ActivationPolicy) -> Lowered:
+    """Lower in place; ``sources`` maps an int8 buffer's name to the layer it belongs to."""
+    graph = model.graph
+    nested = sorted(set(_subgraph_placeholders(graph)))
+    if nested:
+        raise ExportError(f"fxquant ops inside ONNX control flow are not supported: {nested}.")
+    placeholders = [n for n in graph.node if n.domain == DOMAIN]
+    uses = [
+        WeightUse(n.input[r.codes_input], r.layout,
+                  policy.matmul_weights if r.integer_matmul else "int8")
+        for n in placeholders if (r := _rule(n)).codes_input is not None
+    ]
+    b = GraphBuilder(graph)
+    weights = WeightTable(b, sources, plan_weights(uses))
+    ctx = LoweringContext(b, weights, policy)
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.domain == DOMAIN:
+            _rule(node).rule(ctx, node)
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        else:
+            b.keep(node)
+    del graph.node[:]
+    graph.node.extend(_live(b.nodes, {o.name for o in graph.output}))
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    del graph.initializer[:]
+    graph.initializer.extend(t for name, t in b.initializers.items() if name in used)
+    return Lowered(tuple(weights.weights), dict(b.annotations), counts)

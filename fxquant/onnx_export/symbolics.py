@@ -1,0 +1,147 @@
+"""Symbolic functions that turn each fxquant op into one *placeholder* node during tracing.
+
+The TorchScript exporter translates every ordinary torch op of a converted GraphModule; for
+fxquant's ops it calls the functions here, which emit a single node in the private domain
+``fxquant.onnx`` carrying the op's tensors as inputs and its scalars as attributes. The int8
+buffers reach those nodes untouched, as initializers named by their ``state_dict`` keys. The
+lowering step (:mod:`.lower`) then replaces each placeholder by standard ``ai.onnx`` nodes, so the
+patterns ONNX Runtime fuses are written by fxquant's own code, not by the exporter's folding.
+
+Placeholders (inputs | attributes; ``bias`` is omitted when the op has none):
+    linear_dynamic       x, codes, scale, zero_point[, bias] | reduce_range
+    linear_static        x, codes, scale, zero_point[, bias] | x_scale, x_zero_point, reduce_range
+    linear_weight_only   x, codes, scale, zero_point[, bias]
+    embedding            indices, codes, scale, zero_point
+    dequantize_weight    codes, scale, zero_point | axis
+    fake_quantize_dynamic  x | reduce_range
+    quantize_activation    x | scale, zero_point, reduce_range
+    dequantize_activation  q | scale, zero_point
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.onnx import symbolic_helper as sh
+
+from ..errors import ExportError
+
+DOMAIN = "fxquant.onnx"
+_Value = Any  # torch._C.Value
+
+
+def _const(value: _Value, kind: str, what: str) -> Any:
+    try:
+        return sh._get_const(value, kind, what)
+    except Exception as exc:  # the exporter raises its own error types here
+        raise ExportError(
+            f"the {what} of an fxquant op is computed in the graph, not a constant; fxquant's "
+            f"export needs it fixed at export time ({exc})."
+        ) from None
+
+
+def _set_type(out: _Value, like: _Value, dtype: torch.dtype, sizes: list[Any] | None) -> _Value:
+    """Give the placeholder's output a type so the exporter's symbolic functions downstream
+    (which read ranks) keep working; unknown (dynamic) dimensions stay unknown."""
+    if sizes is not None:
+        out.setType(like.type().with_dtype(dtype).with_sizes(sizes))
+    return out
+
+
+def _linear_type(out: _Value, x: _Value, codes: _Value) -> _Value:
+    x_sizes = sh._get_tensor_sizes(x)
+    n = sh._get_tensor_sizes(codes)
+    sizes = None if x_sizes is None or n is None else [*x_sizes[:-1], n[0]]
+    return _set_type(out, x, torch.float32, sizes)
+
+
+def _tensors(*values: _Value) -> list[_Value]:
+    return [v for v in values if not sh._is_none(v)]
+
+
+def linear_dynamic(g, x, codes, scale, zero_point, bias, reduce_range):
+    rr = _const(reduce_range, "b", "reduce_range")
+    out = g.op(f"{DOMAIN}::linear_dynamic", *_tensors(x, codes, scale, zero_point, bias),
+               reduce_range_i=int(rr))
+    return _linear_type(out, x, codes)
+
+
+def linear_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias):
+    out = g.op(
+        f"{DOMAIN}::linear_static", *_tensors(x, codes, scale, zero_point, bias),
+        x_scale_f=float(_const(x_scale, "f", "activation scale")),
+        x_zero_point_i=int(_const(x_zero_point, "i", "activation zero-point")),
+        reduce_range_i=int(_const(reduce_range, "b", "reduce_range")),
+    )
+    return _linear_type(out, x, codes)
+
+
+def linear_weight_only(g, x, codes, scale, zero_point, bias):
+    out = g.op(f"{DOMAIN}::linear_weight_only", *_tensors(x, codes, scale, zero_point, bias))
+    return _linear_type(out, x, codes)
+
+
+def embedding(g, indices, codes, scale, zero_point):
+    out = g.op(f"{DOMAIN}::embedding", indices, codes, scale, zero_point)
+    idx = sh._get_tensor_sizes(indices)
+    table = sh._get_tensor_sizes(codes)
+    sizes = None if idx is None or table is None else [*idx, table[1]]
+    return _set_type(out, codes, torch.float32, sizes)
+
+
+def dequantize_weight(g, codes, scale, zero_point, axis):
+    out = g.op(f"{DOMAIN}::dequantize_weight", codes, scale, zero_point,
+               axis_i=int(_const(axis, "i", "axis")))
+    return _set_type(out, codes, torch.float32, sh._get_tensor_sizes(codes))
+
+
+def fake_quantize_dynamic(g, x, reduce_range):
+    out = g.op(f"{DOMAIN}::fake_quantize_dynamic", x,
+               reduce_range_i=int(_const(reduce_range, "b", "reduce_range")))
+    return _set_type(out, x, torch.float32, sh._get_tensor_sizes(x))
+
+
+def quantize_activation(g, x, scale, zero_point, reduce_range):
+    out = g.op(
+        f"{DOMAIN}::quantize_activation", x,
+        scale_f=float(_const(scale, "f", "activation scale")),
+        zero_point_i=int(_const(zero_point, "i", "activation zero-point")),
+        reduce_range_i=int(_const(reduce_range, "b", "reduce_range")),
+    )
+    return _set_type(out, x, torch.uint8, sh._get_tensor_sizes(x))
+
+
+def dequantize_activation(g, q, scale, zero_point):
+    out = g.op(
+        f"{DOMAIN}::dequantize_activation", q,
+        scale_f=float(_const(scale, "f", "activation scale")),
+        zero_point_i=int(_const(zero_point, "i", "activation zero-point")),
+    )
+    return _set_type(out, q, torch.float32, sh._get_tensor_sizes(q))
+
+
+SYMBOLICS: dict[str, Callable[..., _Value]] = {
+    "fxquant::linear_dynamic": linear_dynamic,
+    "fxquant::linear_static": linear_static,
+    "fxquant::linear_weight_only": linear_weight_only,
+    "fxquant::embedding": embedding,
+    "fxquant::dequantize_weight": dequantize_weight,
+    "fxquant::fake_quantize_dynamic": fake_quantize_dynamic,
+    "fxquant::quantize_activation": quantize_activation,
+    "fxquant::dequantize_activation": dequantize_activation,
+}
+
+
+@contextlib.contextmanager
+def registered(opset: int) -> Iterator[None]:
+    """The placeholder symbolics, registered for ``opset`` only while the block runs."""
+    for name, fn in SYMBOLICS.items():
+        torch.onnx.register_custom_op_symbolic(name, fn, opset)
+    try:
+        yield
+    finally:
+        for name in SYMBOLICS:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)

@@ -1,0 +1,69 @@
+"""The front end: run the TorchScript ONNX exporter with fxquant's placeholder symbolics.
+
+Why this exporter (docs/onnx.md has the measurements): it writes opsets 7 to 20 natively, so an
+opset-14 file needs no version conversion, and it covers every torch op the benchmark and
+Hugging Face models use (``scaled_dot_product_attention`` included). The dynamo exporter writes
+opset 18 and cannot convert down (LayerNormalization has no opset-14 form). Writing ONNX from the
+FX graph by hand would mean re-implementing the translation of every torch op a model may use.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import ExportError
+from . import symbolics
+
+# The exporter warns that it is the legacy path on every call; fxquant chose it on purpose.
+_QUIET = ("legacy TorchScript", "will be removed", "TorchScript", "torch.onnx")
+
+
+def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO,
+                  opset: int, input_names: Sequence[str], output_names: Sequence[str],
+                  dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
+    with warnings.catch_warnings(), symbolics.registered(opset), torch.no_grad():
+        for text in _QUIET:
+            warnings.filterwarnings("ignore", message=f".*{text}.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model, inputs, buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+            do_constant_folding=True,
+            custom_opsets={symbolics.DOMAIN: 1},
+        )
+
+
+def trace_to_onnx(
+    model: nn.Module,
+    inputs: tuple[Any, ...],
+    *,
+    opset: int,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> onnx.ModelProto:
+    """An ONNX model of ``model`` in which each fxquant op is one placeholder node."""
+    buffer = io.BytesIO()
+    try:
+        _run_exporter(model, inputs, buffer, opset, input_names, output_names, dynamic_axes)
+    except ExportError:
+        raise
+    except Exception as exc:
+        message = str(exc).split("\n", 1)[0][:500]
+        raise ExportError(
+            f"torch.onnx could not export {type(model).__name__} at opset {opset}: "
+            f"{type(exc).__name__}: {message}. If an op is missing at this opset, try a newer "
+            "opset (up to 20)."
+        ) from exc
+    return onnx.load_model_from_string(buffer.getvalue())
