@@ -59,11 +59,12 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        # Popped only on success: when tracing fails, the innermost module is still on top,
+        # so the error can name it.
         self.module_path_stack.append(self.path_of_module(m))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        finally:
-            self.module_path_stack.pop()
+        result = super().call_module(m, forward, args, kwargs)
+        self.module_path_stack.pop()
+        return result
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -217,9 +218,11 @@ def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.Gr
     if not isinstance(model, nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}.")
     if is_quantized(model):
+        source = getattr(model, "meta", {}).get("fxquant", {}).get("source_class")
+        what = f"{type(model).__name__} (from {source})" if source else type(model).__name__
         raise AlreadyQuantizedError(
-            f"{type(model).__name__} was already quantized by fxquant; quantize the original "
-            "float model instead."
+            f"{what} was already quantized by fxquant; quantize the original float model "
+            "instead."
         )
     inputs = as_input_tuple(example_inputs)
     # Everything below runs on a copy in eval mode: even the trial run would update a training
