@@ -228,6 +228,11 @@ def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.Gr
     # Everything below runs on a copy in eval mode: even the trial run would update a training
     # model's BatchNorm statistics.
     work = copy.deepcopy(model).eval()
+    # The copy shares the user's hook functions; they must not fire during capture (side effects
+    # on the user's state), and the quantized model does not run them.
+    for module in work.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
+            hooks.clear()
     check_example_inputs(work, inputs)
     gm = _capture_graph(work, inputs, config)
     log.info("fxquant: captured %s with %s", type(model).__name__, gm.meta["fxquant"]["capture"])

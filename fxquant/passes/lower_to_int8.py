@@ -53,13 +53,17 @@ def _lower_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer, rr:
     gm.graph.erase_node(node)
 
 
-def _move_bias(gm: fx.GraphModule, node: fx.Node) -> None:
+def _move_bias(gm: fx.GraphModule, node: fx.Node, moved: dict[str, str]) -> None:
+    """Point ``node`` at an ``fxq`` copy of its bias (one copy per bias parameter, however many
+    calls read it)."""
     bias = node.args[2] if len(node.args) > 2 else None
-    if not isinstance(bias, fx.Node) or bias.op != "get_attr" or len(bias.users) != 1:
+    if not isinstance(bias, fx.Node) or bias.op != "get_attr":
         return
+    if bias.target not in moved:
+        tensor = fetch_attr(gm, bias.target).detach()
+        moved[bias.target] = add_buffer(gm, meta(node)["source"], "bias", tensor)
     with gm.graph.inserting_before(node):
-        target = add_buffer(gm, meta(node)["source"], "bias", fetch_attr(gm, bias.target).detach())
-        node.replace_input_with(bias, gm.graph.get_attr(target))
+        node.replace_input_with(bias, gm.graph.get_attr(moved[bias.target]))
 
 
 def _insert_dynamic_quant(gm: fx.GraphModule, node: fx.Node, rr: bool, seen: dict) -> None:
@@ -85,9 +89,10 @@ def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         modified = True
     dynamic_inputs: dict[fx.Node, fx.Node] = {}
+    moved_biases: dict[str, str] = {}
     for node in list(gm.graph.nodes):
         if kind_of(node) and meta(node).get("quantize"):
-            _move_bias(gm, node)
+            _move_bias(gm, node, moved_biases)
             if ctx.config.mode == "dynamic" and kind_of(node) in ("linear", "conv"):
                 _insert_dynamic_quant(gm, node, rr, dynamic_inputs)
     return PassResult(gm, modified)

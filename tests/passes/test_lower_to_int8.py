@@ -145,3 +145,18 @@ def test_skipped_layer_keeps_its_float_weight():
     assert fc2.args[1].op == "get_attr" and fc2.args[1].target == "fc2.weight"
     assert fc2.args[0].target is torch.relu  # no fake quantization of its input either
     assert "fxq.fc2_w_int8" not in dict(gm.named_buffers())
+
+
+def test_a_layer_called_twice_keeps_one_int8_weight_and_one_bias():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.fc(x)))
+
+    q = fxquant.quantize(Twice(), (torch.randn(2, 8),))
+    added = sorted(k for k in q.state_dict() if k.startswith("fxq."))
+    assert added == ["fxq.fc_bias", "fxq.fc_w_int8", "fxq.fc_w_scale", "fxq.fc_w_zp"]
+    assert sum(n.target is ops.linear_dynamic for n in q.graph.nodes) == 2
