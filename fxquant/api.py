@@ -68,6 +68,13 @@ def prepare(
     ``dump_dir`` writes the generated code after every pass, for debugging.
     """
     config = config or QuantConfig()
+    if config.may_saturate:
+        warnings.warn(
+            "QuantConfig(weight_bits=8, reduce_range=False): on AVX2 CPUs without VNNI the int8 "
+            "kernel adds pairs of products in 16 bits and can saturate. Use weight_bits=7 (the "
+            "default) or reduce_range=True unless this CPU has VNNI.",
+            stacklevel=2,
+        )
     inputs = as_input_tuple(example_inputs)
     gm = capture(model, inputs, config)
     record = _record(gm)

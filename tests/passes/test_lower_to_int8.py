@@ -65,7 +65,8 @@ def test_weight_observers_become_int8_buffers():
         ]
         assert axis == 0
         assert node.meta["fxquant"] | {"source": src} == {
-            "source": src, "bits": 8, "symmetric": True, "per_channel": True,
+            "source": src, "bits": QuantConfig().weight_bits, "symmetric": True,
+            "per_channel": True,
         }
 
     buffers = dict(gm.named_buffers())
@@ -75,7 +76,8 @@ def test_weight_observers_become_int8_buffers():
     assert buffers["fxq.fc1_w_scale"].dtype == torch.float32
     assert buffers["fxq.fc1_w_scale"].shape == (16,)
     assert buffers["fxq.fc1_w_zp"].dtype == torch.int32
-    expected = numerics.quantize_weight(weight, 8, symmetric=True, per_channel=True)
+    expected = numerics.quantize_weight(weight, QuantConfig().weight_bits, symmetric=True,
+                                        per_channel=True)
     assert torch.equal(buffers["fxq.fc1_w_int8"], expected.codes)
     assert torch.equal(buffers["fxq.fc1_w_scale"], expected.scale)
     # Biases moved into fxq; fc2 has none.
@@ -128,10 +130,11 @@ def test_weight_only_mode_leaves_activations_float():
 def test_lowered_graph_computes_the_int8_function():
     model = nn.Sequential(nn.Linear(8, 6)).eval()
     x = torch.randn(3, 8)
-    qw = numerics.quantize_weight(model[0].weight, 8, True, True)
+    qw = numerics.quantize_weight(model[0].weight, QuantConfig().weight_bits, True, True)
     b = model[0].bias.detach()
     gm = lower(model, (x,), QuantConfig(mode="dynamic"))
-    expected = reference.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, b, True)
+    expected = reference.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, b,
+                                        QuantConfig().reduce_range)
     assert torch.equal(gm(x), expected)
 
     gm = lower(model, (x,), QuantConfig(mode="weight_only"))
