@@ -33,7 +33,9 @@ class QuantConfig:
         mode: ``"dynamic"`` (default) quantizes activations to int8 on the fly, per tensor, from
             each batch's own range: no calibration needed. ``"static"`` uses activation ranges
             calibrated ahead of time. ``"weight_only"`` keeps activations in float.
-        weight_bits: bits per weight code, 2..8, stored in ``torch.int8`` buffers. The default is 7:
+        weight_bits: bits per weight code, 2..8, stored in ``torch.int8`` buffers. Left unset it
+            becomes 8 in weight-only mode (float activations: no int8 x int8 product) and 7 in
+            the dynamic and static modes:
             on AVX2 CPUs without VNNI the int8 kernel (``vpmaddubsw``) adds pairs of u8*s8
             products in 16 bits, which can saturate for 8-bit weights times 8-bit activations;
             7-bit weights (|code| <= 63) make that impossible while keeping 8-bit activations.
@@ -63,7 +65,7 @@ class QuantConfig:
     """
 
     mode: Mode = "dynamic"
-    weight_bits: int = 7
+    weight_bits: int | None = None
     weight_granularity: Granularity = "per_channel"
     weight_symmetric: bool = True
     activation_observer: ActObserver = "minmax"
@@ -80,6 +82,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ConfigError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}.")
+        if self.weight_bits is None:
+            object.__setattr__(self, "weight_bits", 8 if self.mode == "weight_only" else 7)
         if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
             raise ConfigError(
                 f"weight_bits={self.weight_bits!r} is impossible: fxquant stores weight codes "
