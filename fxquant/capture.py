@@ -48,7 +48,7 @@ class _Tracer(fx.Tracer):
     """A symbolic tracer that keeps user-chosen module classes as leaves and remembers which
     module it is inside, so a failure can name it."""
 
-    def __init__(self, leaf_modules: tuple[type, ...]) -> None:
+    def __init__(self, leaf_modules: tuple[type, ...] = ()) -> None:
         super().__init__()
         self.leaf_types = leaf_modules
         self.module_path_stack: list[str] = []

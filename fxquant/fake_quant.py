@@ -25,7 +25,7 @@ from torch import nn
 from . import numerics
 from .errors import ConfigError
 from .kernels import reference
-from .utils import straight_through
+from .utils import kernel_safe_reduce_range, straight_through
 
 
 class FakeQuantizeLinear(nn.Linear):
@@ -36,7 +36,8 @@ class FakeQuantizeLinear(nn.Linear):
         symmetric, per_channel: the weight scheme (fxquant's default: symmetric per channel).
         quantize_activations: also fake-quantize the input, per tensor from each batch's range
             (what fxquant's dynamic mode does at inference).
-        reduce_range: 7-bit activations, as fxquant's default kernels use.
+        reduce_range: 7-bit activations. ``None`` (default): as ``RealQuantizeLinear`` decides
+            it (7-bit exactly for 8-bit weights), so the simulation matches the int8 model.
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class FakeQuantizeLinear(nn.Linear):
         symmetric: bool = True,
         per_channel: bool = True,
         quantize_activations: bool = True,
-        reduce_range: bool = True,
+        reduce_range: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -60,23 +61,44 @@ class FakeQuantizeLinear(nn.Linear):
         self.symmetric = symmetric
         self.per_channel = per_channel
         self.quantize_activations = quantize_activations
+        if reduce_range is None:
+            reduce_range = kernel_safe_reduce_range(
+                bits, "dynamic" if quantize_activations else "weight_only"
+            )
         self.reduce_range = reduce_range
+        # The rounded weight, kept until the weight changes (its version counter moves on every
+        # optimizer step and load_state_dict): inference does not re-round 400k weights a call.
+        self._rounded: tuple[tuple[int, int], torch.Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 8, **options) -> FakeQuantizeLinear:
         """A FakeQuantizeLinear holding a copy of ``linear``'s parameters."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits,
-                    device=linear.weight.device, dtype=linear.weight.dtype, **options)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            bits,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **options,
+        )
         layer.load_state_dict(linear.state_dict())
         return layer.train(linear.training)
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight rounded to its int8 grid, with a straight-through gradient."""
-        with torch.no_grad():
-            rounded = numerics.quantize_weight(
-                self.weight, self.bits, self.symmetric, self.per_channel
-            ).dequantize()
-        return straight_through(self.weight, rounded.to(self.weight.dtype))
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._rounded is None or self._rounded[0] != key:
+            with torch.no_grad():
+                rounded = (
+                    numerics.quantize_weight(
+                        self.weight, self.bits, self.symmetric, self.per_channel
+                    )
+                    .dequantize()
+                    .to(self.weight.dtype)
+                )
+            self._rounded = (key, rounded)
+        return straight_through(self.weight, self._rounded[1])
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -89,8 +111,11 @@ class FakeQuantizeLinear(nn.Linear):
         return F.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        acts = f"{7 if self.reduce_range else 8}-bit dynamic" if self.quantize_activations else (
-            "float")
+        acts = (
+            f"{7 if self.reduce_range else 8}-bit dynamic"
+            if self.quantize_activations
+            else ("float")
+        )
         return f"{super().extra_repr()}, bits={self.bits}, activations={acts}"
 
 
@@ -99,7 +124,7 @@ def apply_fake_quant_to_model(
     bits: int = 8,
     *,
     quantize_activations: bool = True,
-    reduce_range: bool = True,
+    reduce_range: bool | None = None,
 ) -> nn.Module:
     """A copy of ``model`` in which every ``nn.Linear`` is a :class:`FakeQuantizeLinear` with the
     same weights. The copy keeps ``model``'s training mode; ``model`` is unchanged."""

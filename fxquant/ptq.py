@@ -29,7 +29,7 @@ from . import api, utils
 from .capture import as_input_tuple
 from .config import QuantConfig
 from .errors import CalibrationError
-from .real_quant import to_float_model
+from .real_quant import quant_config_of, to_float_model
 
 
 class PTQPipeline:
@@ -39,9 +39,10 @@ class PTQPipeline:
         model: the trained model (float, or the output of ``convert_to_real_quant`` /
             ``apply_fake_quant_to_model``). Not changed.
         bits: weight bits (2 to 8).
-        config: a full :class:`fxquant.QuantConfig` instead of the defaults; its ``mode`` is set
-            by the pipeline (static after :meth:`calibrate`, dynamic otherwise) and
-            ``weight_bits`` by ``bits``.
+        config: a full :class:`fxquant.QuantConfig` instead of the defaults (fxquant's, or the
+            scheme of the model's int8 layers, with ``reduce_range=True`` for 8-bit weights); its
+            ``mode`` is set by the pipeline (static after :meth:`calibrate`, dynamic otherwise)
+            and ``weight_bits`` by ``bits``.
         example_inputs: inputs to capture the model with when it is not calibrated.
     """
 
@@ -54,7 +55,13 @@ class PTQPipeline:
         example_inputs: Any = None,
     ) -> None:
         self.bits = bits
-        self.config = (config or QuantConfig()).replace(weight_bits=bits)
+        if config is None:
+            # The weight scheme of the model's int8 layers, if it has some (so their codes stay
+            # the same), and 7-bit activations for 8-bit weights (exact on every x86 CPU).
+            config = (quant_config_of(model) or QuantConfig()).replace(
+                reduce_range=utils.kernel_safe_reduce_range(bits, "static")
+            )
+        self.config = config.replace(weight_bits=bits)
         self.float_model = to_float_model(model).eval()
         self.example_inputs = None if example_inputs is None else as_input_tuple(example_inputs)
         self.calibration_batches = 0
@@ -77,9 +84,10 @@ class PTQPipeline:
         if self._observed is None:
             config = self.config.replace(mode="static")
             self._observed = api.prepare(self.float_model, inputs, config)
-        api.calibrate(self._observed, (utils.batch_inputs(b) for b in itertools.chain(
-            [first], batches)))
-        self.calibration_batches = self._observed.meta["fxquant"]["calibration_batches"]
+        api.calibrate(
+            self._observed, (utils.batch_inputs(b) for b in itertools.chain([first], batches))
+        )
+        self.calibration_batches += self._observed.meta["fxquant"]["calibration_batches"]
         self.example_inputs = self.example_inputs if self.example_inputs is not None else inputs
         self.quantized_model = None
         return self
@@ -91,8 +99,9 @@ class PTQPipeline:
                 self.quantized_model = api.convert(self._observed)
             elif self.example_inputs is not None:
                 config = self.config.replace(mode="dynamic")
-                self.quantized_model = api.quantize(self.float_model, self.example_inputs,
-                                                    config=config)
+                self.quantized_model = api.quantize(
+                    self.float_model, self.example_inputs, config=config
+                )
             else:
                 raise CalibrationError(
                     "PTQPipeline needs data to capture the model: call calibrate(loader) first "
@@ -108,8 +117,10 @@ class PTQPipeline:
     def get_model_size(self) -> tuple[int, int]:
         """``(original_bytes, quantized_bytes)``: bytes of the tensors in each ``state_dict``.
         The original is the float model (for a converted input, its float equivalent)."""
-        return (utils.model_size_bytes(self.float_model),
-                utils.model_size_bytes(self.convert_to_real_quant()))
+        return (
+            utils.model_size_bytes(self.float_model),
+            utils.model_size_bytes(self.convert_to_real_quant()),
+        )
 
     def benchmark_inference(
         self,
@@ -129,9 +140,13 @@ class PTQPipeline:
             raise CalibrationError("benchmark_inference needs inputs: pass a batch.")
         models = {"original": self.float_model, "quantized": self.convert_to_real_quant()}
         runs_per_round = max(1, num_runs // 20)
-        samples = utils.time_models(models, inputs, warmup=warmup,
-                                    rounds=max(1, num_runs // runs_per_round),
-                                    runs_per_round=runs_per_round)
+        samples = utils.time_models(
+            models,
+            inputs,
+            warmup=warmup,
+            rounds=max(1, num_runs // runs_per_round),
+            runs_per_round=runs_per_round,
+        )
         batch = utils.batch_size_of(inputs)
         result: dict[str, float] = {"batch_size": batch}
         for name, times in samples.items():
@@ -151,11 +166,16 @@ class PTQPipeline:
         """Top-1 accuracy (or ``metric(outputs, labels)``) of the original and the quantized
         model on a loader of ``(inputs, labels)``, and the output MSE between them."""
         models = {"original": self.float_model, "quantized": self.convert_to_real_quant()}
-        scores = utils.evaluate(models, loader, metric=utils.resolve_metric(metric),
-                                reference="original", num_batches=num_batches)
+        scores = utils.evaluate(
+            models,
+            loader,
+            metric=utils.resolve_metric(metric),
+            pairs=[("quantized", "original")],
+            num_batches=num_batches,
+        )
         return {
-            "original": scores["original"]["metric"],
-            "quantized": scores["quantized"]["metric"],
-            "drop": scores["original"]["metric"] - scores["quantized"]["metric"],
-            "output_mse": scores["quantized"]["mse"],
+            "original": scores.metric["original"],
+            "quantized": scores.metric["quantized"],
+            "drop": scores.metric["original"] - scores.metric["quantized"],
+            "output_mse": scores.mse[("quantized", "original")],
         }

@@ -17,6 +17,7 @@ Per model it records (see :mod:`fxquant.utils` for how each is measured):
                             made and runs that batch
 ``accuracy``                the metric averaged over the loader (when a metric is given)
 ``mse_vs_original``         mean squared difference of the outputs from the original model's
+``mse_vs_fake_quant``       (real int8 only, when both are set up) the same against fake quant
 ==========================  ====================================================================
 
 No model is changed: each runs in eval mode and gets its training flags back afterwards (on
@@ -30,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ LABELS = {"original": "Original (FP32)", "fake_quant": "Fake Quant", "real_quant
 COLUMNS = (
     ("size_mb", "Size (MB)", "{:.3f}"),
     ("latency_ms", "Latency (ms)", "{:.3f}"),
+    ("latency_ms_min", "Best (ms)", "{:.3f}"),
     ("throughput_samples_per_s", "Throughput (samples/s)", "{:,.0f}"),
     ("peak_memory_mb", "Peak memory (MB)", "{:.2f}"),
     ("accuracy", "Accuracy", "{:.2%}"),
@@ -70,7 +73,7 @@ class QuantizationComparison:
             if model is not None:
                 self.models[key], self.labels[key] = model, LABELS[key]
         for label, model in (extra_models or {}).items():
-            key = label.lower().replace(" ", "_")
+            key = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
             self.models[key], self.labels[key] = model, label
 
     def compare(
@@ -79,11 +82,12 @@ class QuantizationComparison:
         device: str | torch.device = "cpu",
         *,
         metric: str | utils.Metric | None = None,
-        timing_rounds: int = 25,
-        runs_per_round: int = 10,
+        timing_rounds: int = 20,
+        runs_per_round: int = 5,
         measure_memory: bool = True,
     ) -> dict[str, Any]:
-        """Measure every model on ``loader`` (batches of ``(inputs, labels)`` or inputs).
+        """Measure every model on ``loader`` (batches of ``(inputs, labels)`` or inputs; it is
+        iterated twice, so pass a DataLoader or a list, not a generator).
 
         Latency and peak memory use the loader's first batch; accuracy (when ``metric`` is
         ``"accuracy"`` or a callable ``(outputs, labels) -> float``) and output error use all
@@ -91,16 +95,25 @@ class QuantizationComparison:
         """
         device = torch.device(device)
         on_device = {k: self._on(m, device) for k, m in self.models.items()}
-        inputs = tuple(a.to(device) if isinstance(a, torch.Tensor) else a
-                       for a in utils.batch_inputs(utils.first_batch(loader)))
+        inputs = tuple(
+            a.to(device) if isinstance(a, torch.Tensor) else a
+            for a in utils.batch_inputs(utils.first_batch(loader))
+        )
         batch = utils.batch_size_of(inputs)
         with utils.eval_mode(*on_device.values()):
-            times = utils.time_models(on_device, inputs, rounds=timing_rounds,
-                                      runs_per_round=runs_per_round)
-            memory = {k: utils.peak_memory_mb(m, inputs) if measure_memory else None
-                      for k, m in on_device.items()}
-            scores = utils.evaluate(on_device, loader, metric=utils.resolve_metric(metric),
-                                    reference="original", device=device)
+            times = utils.time_models(
+                on_device, inputs, rounds=timing_rounds, runs_per_round=runs_per_round
+            )
+            memory = {
+                k: utils.peak_memory_mb(m, inputs) if measure_memory else None
+                for k, m in on_device.items()
+            }
+            pairs = [(k, "original") for k in on_device]
+            if {"fake_quant", "real_quant"} <= set(on_device):
+                pairs.append(("real_quant", "fake_quant"))  # how closely int8 runs the simulation
+            scores = utils.evaluate(
+                on_device, loader, metric=utils.resolve_metric(metric), pairs=pairs, device=device
+            )
         rows = {}
         for key, model in self.models.items():
             size = utils.model_size_bytes(model)
@@ -110,11 +123,16 @@ class QuantizationComparison:
                 "size_mb": size / utils.MB,
                 **utils.latency_summary(times[key], batch),
                 "peak_memory_mb": memory[key],
-                "accuracy": scores[key].get("metric"),
-                "mse_vs_original": scores[key]["mse"],
+                "accuracy": scores.metric.get(key),
+                "mse_vs_original": scores.mse[(key, "original")],
             }
-        self.results = {"models": rows, "summary": self._summary(rows),
-                        "environment": _environment(device, batch, timing_rounds, runs_per_round)}
+        if ("real_quant", "fake_quant") in scores.mse:
+            rows["real_quant"]["mse_vs_fake_quant"] = scores.mse[("real_quant", "fake_quant")]
+        self.results = {
+            "models": rows,
+            "summary": self._summary(rows),
+            "environment": _environment(device, batch, timing_rounds, runs_per_round),
+        }
         return self.results
 
     @staticmethod
@@ -148,21 +166,40 @@ class QuantizationComparison:
             cells = [row["label"]]
             for name, _, fmt in columns:
                 value = row[name]
-                cells.append("-" if value is None or (key == "original" and name ==
-                                                       "mse_vs_original") else fmt.format(value))
+                cells.append(
+                    "-"
+                    if value is None or (key == "original" and name == "mse_vs_original")
+                    else fmt.format(value)
+                )
             body.append(cells)
-        return tabulate(body, headers=["Method", *(title for _, title, _ in columns)],
-                        tablefmt="github", disable_numparse=True)
+        return tabulate(
+            body,
+            headers=["Method", *(title for _, title, _ in columns)],
+            tablefmt="github",
+            disable_numparse=True,
+        )
 
     def print_comparison(self) -> None:
         """Print the table and each model's compression and speed-up against the original."""
         print(self.table())
         env = self.results["environment"]
-        print(f"\nbatch {env['batch_size']}, {env['threads']} threads, {env['device']}; "
-              "latency = median of interleaved rounds")
+        load = env.get("load_average_1min")
+        print(
+            f"\nbatch {env['batch_size']}, {env['threads']} threads, {env['device']}"
+            + (f", load average {load:.1f} on {os.cpu_count()} CPUs" if load is not None else "")
+            + "; latency: median (and best) of interleaved rounds"
+        )
         for key, s in self.results["summary"].items():
-            print(f"  {self.labels[key]}: {s['compression']:.2f}x smaller, "
-                  f"{s['speedup']:.2f}x the speed of FP32")
+            print(
+                f"  {self.labels[key]}: {s['compression']:.2f}x smaller, "
+                f"{s['speedup']:.2f}x the speed of FP32"
+            )
+        real = self.results["models"].get("real_quant", {})
+        if "mse_vs_fake_quant" in real:
+            print(
+                f"  Real Int8 vs Fake Quant outputs: MSE {real['mse_vs_fake_quant']:.3g} "
+                "(the int8 model runs what fake quantization simulated)"
+            )
 
     def save_comparison_report(self, path: str | os.PathLike[str]) -> Path:
         """Write the results as JSON (folders are created). Returns the path."""
@@ -174,13 +211,25 @@ class QuantizationComparison:
         return path
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _environment(device: torch.device, batch: int, rounds: int, runs: int) -> dict[str, Any]:
     return {
         "device": str(device),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_name(),
         "threads": torch.get_num_threads(),
         "batch_size": batch,
         "timing": f"{rounds} interleaved rounds x {runs} runs",
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "fxquant": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -22,7 +22,8 @@ How this differs from the seed document, and why:
 
 A quantized ``RealQuantizeLinear`` reports ``_fxquant_quantized = True``, so ``fxquant.quantize``
 refuses to quantize it a second time; :func:`to_float_model` gives the float equivalent (weights
-equal to the dequantized int8 codes) that ``fxquant.quantize`` maps back to the same codes.
+equal to the dequantized int8 codes) that ``fxquant.quantize`` with :func:`quant_config_of`
+maps back to the same codes -- how ``PTQPipeline`` and ``ONNXExporter`` take such a model.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,10 @@ from torch import nn
 
 from . import numerics, ops
 from .capture import is_quantized
+from .config import QuantConfig
 from .errors import AlreadyQuantizedError, CalibrationError, ConfigError
 from .fake_quant import FakeQuantizeLinear
+from .utils import kernel_safe_reduce_range
 
 LinearMode = Literal["dynamic", "weight_only"]
 _LINEAR_MODES = ("dynamic", "weight_only")
@@ -58,6 +61,11 @@ class RealQuantize(nn.Module):
     zero-point; it may be called on several batches. ``quantize`` on an uncalibrated module
     calibrates on its own input first. ``forward`` is quantize-then-dequantize (float out).
     """
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
     def __init__(self, bits: int = 8, symmetric: bool = True, axis: int | None = None) -> None:
         super().__init__()
@@ -131,8 +139,15 @@ class RealQuantizeLinear(nn.Module):
         symmetric, per_channel: the weight scheme (fxquant's default: symmetric per channel).
         mode: ``"dynamic"`` quantizes each batch's activations to int8 on the fly from its own
             range (fbgemm int8 x int8 GEMM: fastest); ``"weight_only"`` keeps float activations.
-        reduce_range: 7-bit activations, exact on AVX2 CPUs without VNNI (see QuantConfig).
+        reduce_range: 7-bit activations. ``None`` (default): exactly when the weights have 8 bits
+            and activations are quantized -- the pairing fxquant's int8 kernel needs to stay
+            exact on AVX2 CPUs without VNNI (``QuantConfig.may_saturate``); narrower weights
+            keep 8-bit activations.
     """
+
+    w_int8: torch.Tensor
+    w_scale: torch.Tensor
+    w_zp: torch.Tensor
 
     def __init__(
         self,
@@ -144,7 +159,7 @@ class RealQuantizeLinear(nn.Module):
         symmetric: bool = True,
         per_channel: bool = True,
         mode: LinearMode = "dynamic",
-        reduce_range: bool = True,
+        reduce_range: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -157,28 +172,36 @@ class RealQuantizeLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
         self.mode: LinearMode = mode
+        if reduce_range is None:
+            reduce_range = kernel_safe_reduce_range(bits, mode)
         self.reduce_range = reduce_range
         self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self._reset_parameters()
 
+    def _float_weight(self) -> nn.Parameter:
+        if self.weight is None:
+            raise RuntimeError("this RealQuantizeLinear holds int8 weights; it has no float one.")
+        return self.weight
+
     def _reset_parameters(self) -> None:
         # nn.Linear's initialisation, so a fresh layer trains like one.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self._float_weight(), a=math.sqrt(5))
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, bits: int = 8, *, quantize: bool = True, **options
+        cls, linear: nn.Linear, bits: int = 8, *, quantize: bool = True, **options: Any
     ) -> RealQuantizeLinear:
         """A RealQuantizeLinear with ``linear``'s weights (copied), quantized unless told not."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits,
-                    **options)
+        layer = cls(
+            linear.in_features, linear.out_features, linear.bias is not None, bits, **options
+        )
         with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
+            layer._float_weight().copy_(linear.weight)
+            if layer.bias is not None:
                 layer.bias.copy_(linear.bias)
         layer.train(linear.training)
         return layer.quantize_weights() if quantize else layer
@@ -198,7 +221,9 @@ class RealQuantizeLinear(nn.Module):
         the layer). Does nothing when the weights are already int8."""
         if self.is_quantized:
             return self
-        qw = numerics.quantize_weight(self.weight, self.bits, self.symmetric, self.per_channel)
+        qw = numerics.quantize_weight(
+            self._float_weight(), self.bits, self.symmetric, self.per_channel
+        )
         bias = None if self.bias is None else self.bias.detach().float().clone()
         del self.weight, self.bias
         self.weight = None
@@ -212,15 +237,16 @@ class RealQuantizeLinear(nn.Module):
         """The float weight the int8 codes stand for (the float weight itself before
         quantization)."""
         if not self.is_quantized:
-            return self.weight.detach()
+            return self._float_weight().detach()
         return numerics.dequantize(self.w_int8, self.w_scale, self.w_zp, axis=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.is_quantized:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x, self._float_weight(), self.bias)
         if self.mode == "dynamic":
-            return ops.linear_dynamic(x, self.w_int8, self.w_scale, self.w_zp, self.bias,
-                                      self.reduce_range)
+            return ops.linear_dynamic(
+                x, self.w_int8, self.w_scale, self.w_zp, self.bias, self.reduce_range
+            )
         return ops.linear_weight_only(x, self.w_int8, self.w_scale, self.w_zp, self.bias)
 
     def to_float(self) -> nn.Linear:
@@ -234,9 +260,11 @@ class RealQuantizeLinear(nn.Module):
 
     def extra_repr(self) -> str:
         state = "int8" if self.is_quantized else "float (call quantize_weights)"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, bits={self.bits}, mode={self.mode}, "
-                f"weights={state}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, bits={self.bits}, mode={self.mode}, "
+            f"weights={state}"
+        )
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
@@ -245,8 +273,9 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear or isinstance(module, FakeQuantizeLinear)
 
 
-def _replace_modules(model: nn.Module, wanted: Callable[[nn.Module], bool],
-                     make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+def _replace_modules(
+    model: nn.Module, wanted: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
     """Replace (in ``model``, in place) every submodule for which ``wanted`` holds, the model
     itself too; returns the (possibly new) root."""
     if wanted(model):
@@ -263,7 +292,7 @@ def convert_to_real_quant(
     symmetric: bool = True,
     per_channel: bool = True,
     mode: LinearMode = "dynamic",
-    reduce_range: bool = True,
+    reduce_range: bool | None = None,
 ) -> nn.Module:
     """A copy of ``model`` in which every ``nn.Linear`` (also a ``FakeQuantizeLinear``) is a
     quantized :class:`RealQuantizeLinear`. The copy is in eval mode; ``model`` is unchanged.
@@ -274,18 +303,27 @@ def convert_to_real_quant(
         raise AlreadyQuantizedError(
             f"{type(model).__name__} already holds int8 layers; convert the float model."
         )
-    options = dict(symmetric=symmetric, per_channel=per_channel, mode=mode,
-                   reduce_range=reduce_range)
-    work = copy.deepcopy(model)
-    work = _replace_modules(
-        work, _is_plain_linear, lambda m: RealQuantizeLinear.from_float(m, bits, **options)
-    )
-    return work.eval()
+
+    def make(module: nn.Module) -> nn.Module:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"not a linear layer: {type(module).__name__}")
+        return RealQuantizeLinear.from_float(
+            module,
+            bits,
+            symmetric=symmetric,
+            per_channel=per_channel,
+            mode=mode,
+            reduce_range=reduce_range,
+        )
+
+    return _replace_modules(copy.deepcopy(model), _is_plain_linear, make).eval()
 
 
 def _float_layer(module: nn.Module) -> nn.Module:
     if isinstance(module, RealQuantizeLinear):
         return module.to_float()
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"no float form for {type(module).__name__}")
     linear = nn.Linear(module.in_features, module.out_features, module.bias is not None)
     linear.load_state_dict(module.state_dict())
     return linear.train(module.training)
@@ -308,3 +346,44 @@ def to_float_model(model: nn.Module) -> nn.Module:
 def real_quant_layers(model: nn.Module) -> list[RealQuantizeLinear]:
     """The quantized RealQuantizeLinear layers of ``model``."""
     return [m for m in model.modules() if isinstance(m, RealQuantizeLinear) and m.is_quantized]
+
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
+def _layer_scheme(module: nn.Module) -> tuple[Any, ...] | None:
+    """(bits, symmetric, per_channel, mode, reduce_range) of a quantized seed-toolkit layer."""
+    if isinstance(module, RealQuantizeLinear) and module.is_quantized:
+        mode = module.mode
+    elif isinstance(module, FakeQuantizeLinear):
+        mode = "dynamic" if module.quantize_activations else "weight_only"
+    else:
+        return None
+    return (module.bits, module.symmetric, module.per_channel, mode, module.reduce_range)
+
+
+def quant_config_of(model: nn.Module) -> QuantConfig | None:
+    """The QuantConfig that maps ``to_float_model(model)`` back onto ``model``'s int8 layers
+    (every other weighted layer skipped), or None when it has no such layer."""
+    schemes = {name: s for name, m in model.named_modules() if (s := _layer_scheme(m)) is not None}
+    if not schemes:
+        return None
+    if len(set(schemes.values())) > 1:
+        raise ConfigError(
+            "the model's quantized layers use different schemes (bits, symmetry, granularity, "
+            f"mode, reduce_range): {sorted(set(schemes.values()))}; one model has one scheme."
+        )
+    bits, symmetric, per_channel, mode, reduce_range = next(iter(schemes.values()))
+    skip = tuple(
+        name
+        for name, m in model.named_modules()
+        if name and name not in schemes and isinstance(m, (*_WEIGHTED, RealQuantizeLinear))
+    )
+    return QuantConfig(
+        mode=mode,
+        weight_bits=bits,
+        weight_symmetric=symmetric,
+        weight_granularity="per_channel" if per_channel else "per_tensor",
+        reduce_range=reduce_range,
+        skip=skip,
+    )

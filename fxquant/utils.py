@@ -10,9 +10,10 @@ Measurement conventions (docs/seed_toolkit.md):
   * latency: median wall time of one forward pass on one batch, models timed in interleaved
     rounds so that load on the machine hits all of them alike; throughput = batch / latency.
   * peak memory: measured, not computed -- the growth of the process's peak resident set (Linux
-    ``VmHWM``, reset through ``/proc/self/clear_refs``) while a fresh copy of the model is made
-    and runs one batch. It includes what the kernels allocate outside PyTorch (fbgemm's packed
-    weights). ``None`` where the platform cannot reset the peak.
+    ``VmHWM``, reset through ``/proc/self/clear_refs`` after ``malloc_trim`` hands free heap
+    pages back, so new allocations must fault in fresh pages) while a fresh copy of the model is
+    made and runs one batch. It includes what the kernels allocate outside PyTorch (fbgemm's
+    packed weights). ``None`` where the platform cannot reset the peak.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import ctypes.util
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import numerics
+from .config import Mode, QuantConfig
 
 MB = 2**20
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -39,9 +42,20 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float]
 # --- quantization with gradients ---------------------------------------------------------------
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return quantized.view_as(quantized)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """``quantized`` in the forward pass, the identity's gradient in the backward pass."""
-    return x + (quantized - x).detach()
+    """Exactly ``quantized`` in the forward pass; in the backward pass the gradient goes to
+    ``x`` unchanged, as if the rounding were the identity (straight-through estimator)."""
+    return _StraightThrough.apply(x, quantized.detach())
 
 
 def symmetric_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None) -> torch.Tensor:
@@ -59,6 +73,14 @@ def symmetric_quantize(x: torch.Tensor, bits: int = 8, axis: int | None = None) 
     with torch.no_grad():
         quantized = numerics.fake_quantize(x.detach(), scale, zero_point, qrange, axis=axis)
     return straight_through(x, quantized)
+
+
+def kernel_safe_reduce_range(bits: int, mode: Mode = "dynamic") -> bool:
+    """Whether ``bits``-bit weights need 7-bit activations to keep fxquant's int8 kernel exact:
+    true for 8-bit weights with int8 activations (``QuantConfig.may_saturate``: on AVX2 CPUs
+    without VNNI, pairs of u8 x s8 products saturate in 16 bits). Narrower weights keep 8-bit
+    activations, as fxquant's defaults do."""
+    return QuantConfig(mode=mode, weight_bits=bits, reduce_range=False).may_saturate
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -219,7 +241,6 @@ def _peak_rss_once(model: nn.Module, inputs: tuple[Any, ...]) -> float | None:
         work(*inputs)
     peak = _status_bytes("VmHWM")
     del work
-    _release_free_memory()
     return None if peak is None else max(peak - base, 0) / MB
 
 
@@ -266,18 +287,29 @@ def resolve_metric(metric: str | Metric | None) -> Metric | None:
     raise ValueError(f"unknown metric {metric!r}: pass 'accuracy' or a callable(outputs, labels).")
 
 
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: each model's mean metric, and the output MSE of each
+    requested ``(model, reference)`` pair."""
+
+    metric: dict[str, float] = field(default_factory=dict)
+    mse: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
 def evaluate(
     models: Mapping[str, nn.Module],
     loader: Iterable[Any],
     *,
     metric: Metric | None = None,
-    reference: str | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
     device: torch.device | str = "cpu",
     num_batches: int | None = None,
-) -> dict[str, dict[str, float]]:
-    """One pass over ``loader``: each model's ``metric`` (sample-weighted mean over batches) and,
-    when ``reference`` names one of the models, every model's output MSE against it."""
-    sums: dict[str, dict[str, float]] = {name: {"metric": 0.0, "sq_err": 0.0} for name in models}
+) -> Evaluation:
+    """One pass over ``loader``: each model's ``metric`` (sample-weighted mean over batches,
+    when the batches carry labels) and the mean squared difference of the outputs of each
+    ``(model, reference)`` pair."""
+    metric_sums = dict.fromkeys(models, 0.0)
+    squared = dict.fromkeys(pairs, 0.0)
     samples = elements = 0
     with torch.no_grad():
         for index, batch in enumerate(loader):
@@ -288,21 +320,15 @@ def evaluate(
             outputs = {name: model(*inputs).float() for name, model in models.items()}
             n = batch_size_of(inputs)
             samples += n
-            ref = outputs[reference] if reference else None
-            if ref is not None:
-                elements += ref.numel()
+            elements += next(iter(outputs.values())).numel()
             for name, out in outputs.items():
                 if metric is not None and labels is not None:
-                    sums[name]["metric"] += metric(out, labels.to(out.device)) * n
-                if ref is not None:
-                    sums[name]["sq_err"] += torch.sum((out - ref) ** 2).item()
+                    metric_sums[name] += metric(out, labels.to(out.device)) * n
+            for a, b in pairs:
+                squared[(a, b)] += torch.sum((outputs[a] - outputs[b]) ** 2).item()
     if samples == 0:
         raise ValueError("the data loader is empty: evaluation needs at least one batch.")
-    result: dict[str, dict[str, float]] = {}
-    for name, s in sums.items():
-        result[name] = {}
-        if metric is not None:
-            result[name]["metric"] = s["metric"] / samples
-        if reference:
-            result[name]["mse"] = s["sq_err"] / elements
+    result = Evaluation(mse={pair: total / elements for pair, total in squared.items()})
+    if metric is not None:
+        result.metric = {name: total / samples for name, total in metric_sums.items()}
     return result
