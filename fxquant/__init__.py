@@ -44,3 +44,8 @@ __all__ = [
     "prepare",
     "quantize",
 ]
+
+# ONNX export (fxquant.onnx_export); imported last: it reads __version__.
+from .onnx_export import export_onnx, onnx_info
+
+__all__ += ["export_onnx", "onnx_info"]

@@ -53,6 +53,9 @@ class QuantConfig:
             the AVX2 saturation above. With ``weight_bits=8`` and ``reduce_range=False`` the fast
             kernel can saturate (measured: 11% output error on the seed MLP against 1.6%);
             fxquant warns when asked for it.
+        embedding_bits: bits per code of embedding tables that are only gathered (never multiplied
+            by the int8 GEMM, so no saturation guard applies), 2..8. A table tied to a matmul
+            weight (GPT-2's ``lm_head``) uses ``weight_bits``.
         quantize_embeddings: also store ``nn.Embedding`` / ``F.embedding`` tables as int8, one
             scale per row.
         skip: module names (qualified, as in ``model.named_modules()``) left in float. A name also
@@ -72,6 +75,7 @@ class QuantConfig:
     percentile: float = 99.99
     moving_average_momentum: float = 0.1
     reduce_range: bool = False
+    embedding_bits: int = 8
     quantize_embeddings: bool = True
     skip: tuple[str, ...] = ()
     leaf_modules: tuple[type, ...] = field(default=(), compare=False)
@@ -89,6 +93,8 @@ class QuantConfig:
                 f"weight_bits={self.weight_bits!r} is impossible: fxquant stores weight codes "
                 "in int8, so choose an integer from 2 to 8."
             )
+        if not isinstance(self.embedding_bits, int) or not 2 <= self.embedding_bits <= 8:
+            raise ConfigError(f"embedding_bits={self.embedding_bits!r}: choose 2 to 8.")
         if self.weight_granularity not in _GRANULARITIES:
             raise ConfigError(
                 f"unknown weight_granularity {self.weight_granularity!r}: "

@@ -107,7 +107,7 @@ def test_conv_net_quantizes_through_dequantize_and_float_conv(mode):
 
 @pytest.mark.parametrize("kind", ["mlp", "gpt2"])
 def test_weight_bits_4(kind):
-    model, qmodel, batch = _quantize(kind, QuantConfig(weight_bits=4))
+    model, qmodel, batch = _quantize(kind, QuantConfig(weight_bits=4, embedding_bits=4))
     codes = [v for k, v in qmodel.state_dict().items() if k.endswith("_w_int8")]
     assert codes and all(v.dtype == torch.int8 for v in codes)
     assert min(int(v.min()) for v in codes) >= -7 and max(int(v.max()) for v in codes) <= 7

@@ -1,59 +1,26 @@
-"""Activations in the ONNX file: always 8-bit unsigned (codes 0..255).
+"""Activation quantization in the file: ``DynamicQuantizeLinear`` for dynamic layers,
+``QuantizeLinear`` with the model's calibrated parameters for static layers.
 
-Why not the GraphModule's 7-bit codes when ``reduce_range`` is on: ``reduce_range`` exists for
-PyTorch's fbgemm kernel on AVX2 CPUs without VNNI, whose ``vpmaddubsw`` saturates with full 8-bit
-activations. The ONNX file is for whichever runtime and CPU deploys it: ``DynamicQuantizeLinear``
-only produces 0..255, ONNX Runtime's own quantizer uses 0..255, and a 7-bit range would double the
-activation rounding error of the file. So a static layer's calibrated range, recovered from its
-7-bit scale and zero-point, is re-quantized to 256 levels here, and dynamic layers quantize with
-``DynamicQuantizeLinear``. The consequence for parity (docs/onnx.md): the file computes the
-GraphModule's function with 8-bit instead of 7-bit activations, so it is compared with that
-function (:mod:`.reference`), and differs from the 7-bit GraphModule by up to the GraphModule's own
-activation rounding.
+A static layer keeps the scale and zero-point the GraphModule uses, 7-bit ones included (see
+:mod:`.scheme` for why). ``QuantizeLinear`` saturates at 0..255 where PyTorch clamps 7-bit codes
+at 127; the two agree on every value inside the calibrated range, and beyond it the file keeps
+more of the value instead of clipping it. (An explicit ``Clip`` would make them agree everywhere,
+but ONNX Runtime then stops fusing the layer into its integer kernel.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import onnx
 
-from .. import numerics
 from .builder import GraphBuilder
 
-
-@dataclass(frozen=True)
-class ActivationPolicy:
-    """How the file quantizes activations.
-
-    ``static_codes``: ``"model"`` keeps a static layer's calibrated parameters, 7-bit codes
-    included (a ``Clip`` before ``QuantizeLinear`` keeps the codes in 0..127); ``"uint8"``
-    re-quantizes the same range to 256 levels. Dynamic layers always use
-    ``DynamicQuantizeLinear``, which is 8-bit.
-    """
-
-    static_codes: Literal["model", "uint8"] = "model"
-    matmul_weights: Literal["int8", "uint8"] = "int8"
-
-    def dynamic_reduce_range(self, reduce_range: bool) -> bool:
-        return False
-
-    def static(self, scale: float, zero_point: int, reduce_range: bool) -> tuple[float, int, bool]:
-        """(scale, zero-point, reduce_range) of a static activation in the file."""
-        scale32 = float(np.float32(scale))
-        if self.static_codes == "model" or not reduce_range:
-            return scale32, int(zero_point), reduce_range
-        qr = numerics.activation_qrange(reduce_range)
-        lo = (qr.qmin - zero_point) * scale
-        hi = (qr.qmax - zero_point) * scale
-        new_scale, new_zp = numerics.activation_qparams(lo, hi, reduce_range=False)
-        return float(np.float32(new_scale)), new_zp, False
+FLOAT = onnx.TensorProto.FLOAT
 
 
 def dynamic_quantize(b: GraphBuilder, x: str, base: str) -> tuple[str, str, str]:
-    """``DynamicQuantizeLinear(x)`` -> (codes, scale, zero-point); one per distinct ``x``."""
+    """``DynamicQuantizeLinear(x)`` -> (codes, scale, zero-point); one per distinct ``x``, so
+    layers reading the same input (attention's q, k, v) share it, as ONNX Runtime's do."""
     key = ("dynamic", x)
     found = b.memo(key)
     if found is None:
@@ -64,27 +31,14 @@ def dynamic_quantize(b: GraphBuilder, x: str, base: str) -> tuple[str, str, str]
     return found
 
 
-def _clip_to_codes(b: GraphBuilder, x: str, scale: float, zero_point: int, base: str) -> str:
-    """Clip ``x`` to the float range that 7-bit codes 0..127 represent."""
-    qr = numerics.activation_qrange(True)
-    lo = np.array((qr.qmin - zero_point) * scale, dtype=np.float32)
-    hi = np.array((qr.qmax - zero_point) * scale, dtype=np.float32)
-    lo_name = b.initializer(f"{base}.act_min", lo)
-    hi_name = b.initializer(f"{base}.act_max", hi)
-    (y,) = b.node("Clip", [x, lo_name, hi_name], base=base)
-    return y
-
-
-def static_quantize(b: GraphBuilder, x: str, scale: float, zero_point: int, reduce_range: bool,
-                    base: str, out: str | None = None) -> tuple[str, str, str]:
-    """``QuantizeLinear(x)`` with fixed uint8 parameters -> (codes, scale, zero-point) tensors;
-    one per distinct (x, parameters) unless ``out`` names the codes tensor. With
-    ``reduce_range`` the input is clipped first so the codes stay in 0..127, as in PyTorch."""
-    key = ("static", x, scale, zero_point, reduce_range, out)
+def static_quantize(
+    b: GraphBuilder, x: str, scale: float, zero_point: int, base: str, out: str | None = None
+) -> tuple[str, str, str]:
+    """``QuantizeLinear(x)`` to uint8 with fixed parameters -> (codes, scale, zero-point); one
+    per distinct (x, parameters) unless ``out`` names the codes tensor."""
+    key = ("static", x, scale, zero_point, out)
     found = b.memo(key)
     if found is None:
-        if reduce_range:
-            x = _clip_to_codes(b, x, scale, zero_point, base)
         s = b.initializer(f"{base}.act_scale", np.array(scale, dtype=np.float32))
         z = b.initializer(f"{base}.act_zp", np.array(zero_point, dtype=np.uint8))
         (q,) = b.node("QuantizeLinear", [x, s, z], [out or b.fresh(f"{x}_quantized")], base=base)
@@ -102,16 +56,27 @@ def dequantize(b: GraphBuilder, q: str, scale: str, zero_point: str, base: str,
     return y
 
 
-def static_qdq(b: GraphBuilder, x: str, scale: float, zero_point: int, reduce_range: bool,
-               base: str) -> str:
-    """``QuantizeLinear -> DequantizeLinear`` on an activation (the QDQ form ONNX Runtime fuses
-    into its integer kernels); one pair per distinct (x, parameters)."""
-    key = ("qdq", x, scale, zero_point, reduce_range)
+def static_qdq(
+    b: GraphBuilder, x: str, scale: float, zero_point: int, base: str
+) -> tuple[str, str]:
+    """``QuantizeLinear -> DequantizeLinear`` on an activation, one pair per distinct
+    (x, parameters): the QDQ form ONNX Runtime fuses into its integer kernels. Returns the
+    dequantized tensor and the scale tensor."""
+    key = ("qdq", x, scale, zero_point)
     found = b.memo(key)
     if found is None:
-        q, s, z = static_quantize(b, x, scale, zero_point, reduce_range, base)
-        found = b.remember(key, dequantize(b, q, s, z, base))
+        q, s, z = static_quantize(b, x, scale, zero_point, base)
+        found = b.remember(key, (dequantize(b, q, s, z, base), s))
     return found
 
 
-FLOAT = onnx.TensorProto.FLOAT
+def int32_bias_tensor(
+    b: GraphBuilder, codes: np.ndarray, scale: np.ndarray, base: str, per_channel: bool
+) -> str:
+    """``DequantizeLinear`` of an int32 bias (codes and scale from :mod:`.bias`)."""
+    scale = scale if per_channel else scale.reshape(-1)[:1].reshape(())
+    q = b.initializer(f"{base}.bias_int32", codes)
+    s = b.initializer(f"{base}.bias_scale", scale)
+    z = b.initializer(f"{base}.bias_zp", np.zeros(scale.shape, np.int32))
+    b.annotate(q, s, z)
+    return dequantize(b, q, s, z, base, axis=0 if per_channel else None)

@@ -68,8 +68,8 @@ class GraphBuilder:
             names = [self.fresh(f"{base}/{op_type}_output_{i}") for i in range(outputs)]
         else:
             names = list(outputs)
-        node = onnx.helper.make_node(op_type, list(inputs), names, name=self.fresh(f"{base}/{op_type}"),
-                                     **attrs)
+        name = self.fresh(f"{base}/{op_type}")
+        node = onnx.helper.make_node(op_type, list(inputs), names, name=name, **attrs)
         self.nodes.append(node)
         return names
 

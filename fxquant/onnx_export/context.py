@@ -1,12 +1,12 @@
 """What every lowering rule receives: the graph being built, the weight table, and the export's
-choices."""
+resolved choices."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activation import ActivationPolicy
 from .builder import GraphBuilder
+from .scheme import ExportScheme
 from .weights import WeightTable
 
 
@@ -14,4 +14,4 @@ from .weights import WeightTable
 class LoweringContext:
     b: GraphBuilder
     weights: WeightTable
-    policy: ActivationPolicy
+    scheme: ExportScheme

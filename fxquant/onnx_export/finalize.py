@@ -26,7 +26,27 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _all_nodes(sub)
 
 
-def finalize(model: onnx.ModelProto, opset: int) -> None:
+def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
+    """Output dimensions the exporter could not name get the size shape inference finds, or a
+    plain ``<output>_dim_<i>`` name instead of the exporter's internal ones."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is only a nicety here; the checker below is strict
+        inferred = model
+    found = {o.name: o for o in inferred.graph.output}
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        better = found[output.name].type.tensor_type.shape.dim
+        for i, dim in enumerate(dims):
+            if not dim.dim_param or dim.dim_param in declared:
+                continue
+            if i < len(better) and better[i].HasField("dim_value"):
+                dim.dim_value = better[i].dim_value
+            else:
+                dim.dim_param = f"{output.name}_dim_{i}"
+
+
+def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = frozenset()) -> None:
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph)
                       if n.domain not in ("", "ai.onnx")})
     if foreign:
@@ -39,6 +59,7 @@ def finalize(model: onnx.ModelProto, opset: int) -> None:
     model.ir_version = ir_version_for(opset)
     # Value infos from tracing describe the placeholders' outputs; ONNX Runtime infers its own.
     del model.graph.value_info[:]
+    _tidy_output_dims(model, set(declared_axes))
     model.producer_name = "fxquant"
     model.producer_version = _fxquant_version()
     check(model)

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from ..errors import ExportError
-from .activation import ActivationPolicy
 from .builder import GraphBuilder
 from .context import LoweringContext
+from .conv_bias import quantize_conv_biases
 from .lower_embedding import lower_embedding
 from .lower_linear import lower_linear_dynamic, lower_linear_static, lower_linear_weight_only
 from .lower_qdq import (
@@ -28,6 +29,7 @@ from .lower_qdq import (
     lower_fake_quantize_dynamic,
     lower_quantize_activation,
 )
+from .scheme import ExportScheme
 from .symbolics import DOMAIN
 from .weights import Layout, OnnxWeight, WeightTable, WeightUse, plan_weights
 
@@ -39,11 +41,10 @@ class _Placeholder:
     rule: Rule
     codes_input: int | None  # which input holds the int8 codes, if any
     layout: Layout
-    integer_matmul: bool = False  # its codes feed MatMulInteger (see ActivationPolicy)
 
 
 RULES: dict[str, _Placeholder] = {
-    "linear_dynamic": _Placeholder(lower_linear_dynamic, 1, "transposed", integer_matmul=True),
+    "linear_dynamic": _Placeholder(lower_linear_dynamic, 1, "transposed"),
     "linear_static": _Placeholder(lower_linear_static, 1, "transposed"),
     "linear_weight_only": _Placeholder(lower_linear_weight_only, 1, "transposed"),
     "embedding": _Placeholder(lower_embedding, 1, "stored"),
@@ -59,6 +60,7 @@ class Lowered:
     """What lowering produced besides the graph: the weights and the annotation records."""
 
     weights: tuple[OnnxWeight, ...]
+    codes_types: frozenset[str]  # "int8" / "uint8": what the integer layers' weights use
     annotations: Mapping[str, tuple[str, str]]
     placeholders: Mapping[str, int]  # op name -> how many were lowered
 
@@ -86,28 +88,34 @@ def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto
     return keep[::-1]
 
 
+def _use(b: GraphBuilder, node: onnx.NodeProto, scheme: ExportScheme) -> WeightUse:
+    rule = _rule(node)
+    codes = node.input[rule.codes_input]
+    widest = int(np.abs(b.array(codes).astype(np.int16)).max(initial=0)) if b.constant(codes) else 0
+    return WeightUse(
+        codes, rule.layout, scheme.codes_type(node.op_type, widest), scheme.is_integer(node.op_type)
+    )
+
+
 def _rule(node: onnx.NodeProto) -> _Placeholder:
     if node.op_type not in RULES:
         raise ExportError(f"no ONNX lowering for fxquant op {node.op_type!r}.")
     return RULES[node.op_type]
 
 
-def lower_placeholders(model: onnx.ModelProto, sources: Mapping[str, str],
-                       policy: ActivationPolicy) -> Lowered:
+def lower_placeholders(
+    model: onnx.ModelProto, sources: Mapping[str, str], scheme: ExportScheme
+) -> Lowered:
     """Lower in place; ``sources`` maps an int8 buffer's name to the layer it belongs to."""
     graph = model.graph
     nested = sorted(set(_subgraph_placeholders(graph)))
     if nested:
         raise ExportError(f"fxquant ops inside ONNX control flow are not supported: {nested}.")
     placeholders = [n for n in graph.node if n.domain == DOMAIN]
-    uses = [
-        WeightUse(n.input[r.codes_input], r.layout,
-                  policy.matmul_weights if r.integer_matmul else "int8")
-        for n in placeholders if (r := _rule(n)).codes_input is not None
-    ]
     b = GraphBuilder(graph)
+    uses = [_use(b, n, scheme) for n in placeholders if _rule(n).codes_input is not None]
     weights = WeightTable(b, sources, plan_weights(uses))
-    ctx = LoweringContext(b, weights, policy)
+    ctx = LoweringContext(b, weights, scheme)
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.domain == DOMAIN:
@@ -115,9 +123,11 @@ def lower_placeholders(model: onnx.ModelProto, sources: Mapping[str, str],
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
         else:
             b.keep(node)
+    quantize_conv_biases(b)
     del graph.node[:]
     graph.node.extend(_live(b.nodes, {o.name for o in graph.output}))
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     del graph.initializer[:]
     graph.initializer.extend(t for name, t in b.initializers.items() if name in used)
-    return Lowered(tuple(weights.weights), dict(b.annotations), counts)
+    integer = frozenset(u.codes_type for u in uses if u.integer)
+    return Lowered(tuple(weights.weights), integer, dict(b.annotations), counts)

@@ -1,46 +1,88 @@
 """The function an exported file computes, as a GraphModule: the export's parity reference.
 
-The file encodes the converted GraphModule with the export's activation parameters (see
-:mod:`.activation`): where the file's activations differ from the GraphModule's (8-bit where the
-model used 7-bit codes), this twin uses the file's. Run under ``fxquant.ops.reference_kernels()``
-it computes, in float, exactly the integer arithmetic the file describes, so ONNX Runtime's output
-can be held to a tight bound against it; the GraphModule itself differs from both by its own
-activation rounding.
+The file computes what the GraphModule computes except in two respects, and the twin copies both:
+
+* activation codes are never clamped to 7 bits: ``DynamicQuantizeLinear`` is 8-bit, and static
+  layers keep the model's scale and zero-point but saturate at 255 (see :mod:`.activation`); the
+  twin switches ``reduce_range`` off in every fxquant op;
+* a static layer's bias is int32 at scale ``x_scale * w_scale`` (see :mod:`.bias`); the twin's
+  biases are rounded the same way.
+
+Run under ``fxquant.ops.reference_kernels()`` the twin computes in float the integer arithmetic the
+file describes, so ONNX Runtime's output can be held to a tight bound against it.
 """
 
 from __future__ import annotations
 
 import copy
 
+import torch
 import torch.fx as fx
 
 from .. import ops
-from .activation import ActivationPolicy
+from ..graph import CONV_FNS, fetch_attr
+from .bias import rounded_bias
+
+# fxquant op -> index of its reduce_range argument
+_REDUCE_RANGE_ARG = {
+    ops.linear_dynamic: 5,
+    ops.fake_quantize_dynamic: 1,
+    ops.linear_static: 3,
+    ops.quantize_activation: 3,
+}
 
 
-def _retarget(node: fx.Node, policy: ActivationPolicy, qparams: dict[fx.Node, tuple]) -> None:
-    args = list(node.args)
-    if node.target in (ops.linear_dynamic, ops.fake_quantize_dynamic):
-        index = 5 if node.target is ops.linear_dynamic else 1
-        args[index] = policy.dynamic_reduce_range(bool(args[index]))
-    elif node.target is ops.linear_static:
-        scale, zp, rr = policy.static(args[1], args[2], bool(args[3]))
-        args[1:4] = [scale, zp, rr]
-    elif node.target is ops.quantize_activation:
-        scale, zp, rr = policy.static(args[1], args[2], bool(args[3]))
-        args[1:4] = [scale, zp, rr]
-        qparams[node] = (scale, zp)
-    elif node.target is ops.dequantize_activation and args[0] in qparams:
-        args[1:3] = list(qparams[args[0]])
-    node.args = tuple(args)
+def _full_range(node: fx.Node) -> None:
+    index = _REDUCE_RANGE_ARG.get(node.target)
+    if index is not None:
+        args = list(node.args)
+        args[index] = False
+        node.args = tuple(args)
 
 
-def export_reference(gm: fx.GraphModule, policy: ActivationPolicy) -> fx.GraphModule:
-    """A copy of ``gm`` whose activation quantization is the exported file's."""
+def _static_bias(node: fx.Node) -> tuple[fx.Node, float, fx.Node] | None:
+    """(bias get_attr, activation scale, weight-scale get_attr) of a static linear or conv."""
+    if node.target is ops.linear_static:
+        bias, x_scale, w_scale = node.args[7], node.args[1], node.args[5]
+    elif node.target in CONV_FNS and len(node.args) > 2:
+        x, w, bias = node.args[:3]
+        if not (
+            isinstance(x, fx.Node)
+            and x.target is ops.dequantize_activation
+            and isinstance(w, fx.Node)
+            and w.target is ops.dequantize_weight
+        ):
+            return None
+        x_scale, w_scale = x.args[1], w.args[1]
+    else:
+        return None
+    if not (
+        isinstance(bias, fx.Node)
+        and bias.op == "get_attr"
+        and isinstance(w_scale, fx.Node)
+        and w_scale.op == "get_attr"
+    ):
+        return None
+    return bias, float(x_scale), w_scale
+
+
+def _round_bias(twin: fx.GraphModule, node: fx.Node) -> None:
+    found = _static_bias(node)
+    if found is None:
+        return
+    bias, x_scale, w_scale = found
+    tensor = fetch_attr(twin, bias.target)
+    value = rounded_bias(tensor.detach().numpy(), x_scale, fetch_attr(twin, w_scale.target).numpy())
+    with torch.no_grad():
+        tensor.copy_(torch.from_numpy(value))
+
+
+def export_reference(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` that computes what its exported file computes."""
     twin = copy.deepcopy(gm)
-    qparams: dict[fx.Node, tuple] = {}
     for node in twin.graph.nodes:
-        if node.op == "call_function" and node.target in ops.ALL_OPS:
-            _retarget(node, policy, qparams)
+        if node.op == "call_function":
+            _full_range(node)
+            _round_bias(twin, node)
     twin.recompile()
     return twin

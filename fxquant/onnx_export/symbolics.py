@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.onnx import symbolic_helper as sh
+
+# The TorchScript exporter's helpers (internal to torch; see docs/onnx.md on the coupling).
+from torch.onnx._internal.torchscript_exporter import _type_utils
+from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh
 
 from ..errors import ExportError
 
@@ -123,7 +126,42 @@ def dequantize_activation(g, q, scale, zero_point):
     return _set_type(out, q, torch.float32, sh._get_tensor_sizes(q))
 
 
+def aten_diff(g, self, n, dim, prepend, append):
+    """``torch.diff`` (first order), which the TorchScript exporter lacks and Hugging Face
+    GPT-2's position handling uses: ``x[1:] - x[:-1]`` along ``dim`` after the concatenations."""
+    if _const(n, "i", "order of torch.diff") != 1:
+        raise ExportError("torch.diff with n != 1 is not supported by fxquant's export.")
+    axis = _const(dim, "i", "dim of torch.diff")
+    parts = [v for v in (prepend, self, append) if not sh._is_none(v)]
+    x = g.op("Concat", *parts, axis_i=axis) if len(parts) > 1 else self
+    axes = g.op("Constant", value_t=torch.tensor([axis]))
+    one = g.op("Constant", value_t=torch.tensor([1]))
+    zero = g.op("Constant", value_t=torch.tensor([0]))
+    minus_one = g.op("Constant", value_t=torch.tensor([-1]))
+    end = g.op("Constant", value_t=torch.tensor([2**62]))
+    return g.op("Sub", g.op("Slice", x, one, end, axes), g.op("Slice", x, zero, minus_one, axes))
+
+
+def aten_cumsum(g, self, dim, dtype):
+    """``torch.cumsum`` with the integer promotion of boolean inputs that the exporter's own
+    symbolic omits (it writes ``CumSum`` on bool, which ONNX does not define)."""
+    axis = g.op("Constant", value_t=torch.tensor(_const(dim, "i", "dim of torch.cumsum")))
+    if not sh._is_none(dtype):
+        to = _type_utils.JitScalarType(_const(dtype, "i", "dtype of torch.cumsum")).onnx_type()
+        self = g.op("Cast", self, to_i=to)
+    elif _type_utils.JitScalarType.from_value(self, _type_utils.JitScalarType.UNDEFINED) in (
+        _type_utils.JitScalarType.BOOL,
+        _type_utils.JitScalarType.UINT8,
+        _type_utils.JitScalarType.INT8,
+        _type_utils.JitScalarType.INT16,
+    ):
+        self = g.op("Cast", self, to_i=_type_utils.JitScalarType.INT64.onnx_type())
+    return g.op("CumSum", self, axis)
+
+
 SYMBOLICS: dict[str, Callable[..., _Value]] = {
+    "aten::diff": aten_diff,
+    "aten::cumsum": aten_cumsum,
     "fxquant::linear_dynamic": linear_dynamic,
     "fxquant::linear_static": linear_static,
     "fxquant::linear_weight_only": linear_weight_only,

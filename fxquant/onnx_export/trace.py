@@ -20,9 +20,10 @@ from torch import nn
 
 from ..errors import ExportError
 from . import symbolics
+from .errors import OpsetError
 
 # The exporter warns that it is the legacy path on every call; fxquant chose it on purpose.
-_QUIET = ("legacy TorchScript", "will be removed", "TorchScript", "torch.onnx")
+_QUIET = ("legacy TorchScript-based ONNX export", "will be removed")
 
 
 def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO,
@@ -32,6 +33,8 @@ def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO,
         for text in _QUIET:
             warnings.filterwarnings("ignore", message=f".*{text}.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The exporter's own remarks on how it lowered an op (e.g. advanced indexing).
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx\..*")
         torch.onnx.export(
             model, inputs, buffer,
             dynamo=False,
@@ -59,6 +62,10 @@ def trace_to_onnx(
         _run_exporter(model, inputs, buffer, opset, input_names, output_names, dynamic_axes)
     except ExportError:
         raise
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        raise OpsetError(
+            f"torch.onnx cannot export {type(model).__name__} at opset {opset}: {exc}"
+        ) from exc
     except Exception as exc:
         message = str(exc).split("\n", 1)[0][:500]
         raise ExportError(

@@ -16,7 +16,10 @@ PER_AXIS_OPSET = 13
 # DynamicQuantizeLinear, the one op dynamic mode cannot do without, arrived in opset 11.
 DYNAMIC_QUANT_OPSET = 11
 # The TorchScript exporter (see docs/onnx.md for why it is the front end) writes up to opset 20.
-MAX_OPSET = 20
+try:
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - the constant moved
+    MAX_OPSET = 20
 
 
 def ir_version_for(opset: int) -> int:

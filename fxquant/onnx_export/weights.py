@@ -8,8 +8,12 @@
   once, as the GraphModule does.
 * Per-tensor weights (all scales and zero-points equal) get scalar parameters, so they need no
   per-axis support and match what ONNX Runtime's own per-tensor quantizer writes.
-* Zero-points are written as int8 (ONNX requires the zero-point type to be the codes' type).
-* Names follow ``<layer>.<role>``: ``layers.0.fc.w_int8``, ``.w_scale``, ``.w_zp``.
+* Zero-points have the codes' type, as ONNX requires.
+* Codes are int8, or uint8 (codes and zero-points + 128, the same values) for integer layers whose
+  codes could saturate ONNX Runtime's AVX2 kernel (see :mod:`.scheme`); a buffer is stored once,
+  in the one type all its readers accept.
+* Names follow ``<layer>.<role>``: ``layers.0.fc.w_int8`` (or ``.w_uint8``), ``.w_scale``,
+  ``.w_zp``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import onnx
 
 from ..errors import ExportError
 from .builder import GraphBuilder
+from .scheme import CodesType
 
 Layout = Literal["stored", "transposed"]
-CodesType = Literal["int8", "uint8"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class WeightUse:
     codes: str
     layout: Layout
     codes_type: CodesType = "int8"
+    integer: bool = False  # read by an integer kernel (not only dequantized to float)
 
 
 @dataclass
@@ -145,15 +150,26 @@ class WeightTable:
         return self.b.remember(key, weight)
 
     def _transposed_view(self, stored: OnnxWeight) -> OnnxWeight:
-        """The same codes read as ``[in, out]`` through one shared Transpose node."""
+        """The same codes read as ``[in, out]`` through one shared Transpose node.
+
+        The view gets its own copy of the (small) scale and zero-point tensors: ONNX Runtime
+        only rewrites ``DequantizeLinear -> MatMul`` into ``MatMulNBits`` when nothing else
+        reads them, and the embedding gathers rows of the originals.
+        """
         key = ("transpose", stored.codes)
         found = self.b.memo(key)
         if found is None:
-            (out,) = self.b.node("Transpose", [stored.codes], [self.b.fresh(f"{stored.codes}_T")],
-                                 base=stored.source, perm=[1, 0])
-            found = self.b.remember(key, out)
-        axis = None if stored.axis is None else 1
-        return OnnxWeight(found, stored.scale, stored.zero_point, axis, stored.source)
+            (codes,) = self.b.node("Transpose", [stored.codes],
+                                   [self.b.fresh(f"{stored.codes}_T")], base=stored.source,
+                                   perm=[1, 0])
+            scale = self.b.initializer(f"{stored.scale}_T", self.b.array(stored.scale))
+            zero_point = self.b.initializer(f"{stored.zero_point}_T",
+                                            self.b.array(stored.zero_point))
+            axis = None if stored.axis is None else 1
+            found = self.b.remember(key, OnnxWeight(codes, scale, zero_point, axis,
+                                                    stored.source))
+            self.b.annotate(codes, scale, zero_point)
+        return found
 
     def bias(self, name: str, source: str) -> str:
         """A float bias under the name ``<layer>.bias`` (renamed, not copied twice)."""

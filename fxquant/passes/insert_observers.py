@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..config import QuantConfig
-from ..graph import add_module, fetch_attr, meta
+from ..graph import add_module, fetch_attr, kind_of, meta
 from ..observers import WeightObserver, make_activation_observer
 from .infra import PassContext, PassResult
 
@@ -45,12 +45,18 @@ def _weight_observer(
         return weight
     if weight.target not in observed:
         source = meta(node)["source"]
+        users = [u for u in weight.users if u in nodes]
+        # A table only gathered (never fed to the int8 GEMM) takes embedding_bits; a table tied
+        # to a matmul (GPT-2's lm_head) takes weight_bits, since it feeds the GEMM too. Tied
+        # uses may read the parameter through different get_attr nodes: look at all of them.
+        readers = [n for n in nodes if getattr(n.args[1], "target", None) == weight.target]
+        only_gathered = all(kind_of(u) == "embedding" for u in readers)
+        bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
         observer = WeightObserver(
-            source, cfg.weight_bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel"
+            source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel"
         )
         observer.check_finite(fetch_attr(gm, weight.target))
         target = add_module(gm, source, "w_obs", observer)
-        users = [u for u in weight.users if u in nodes]
         observed[weight.target] = _observe(gm, weight, target, users, users[0])
     node.replace_input_with(weight, observed[weight.target])
     return observed[weight.target]

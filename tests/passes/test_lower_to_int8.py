@@ -65,7 +65,9 @@ def test_weight_observers_become_int8_buffers():
         ]
         assert axis == 0
         assert node.meta["fxquant"] | {"source": src} == {
-            "source": src, "bits": QuantConfig().weight_bits, "symmetric": True,
+            "source": src,
+            "bits": QuantConfig().embedding_bits if src == "emb" else QuantConfig().weight_bits,
+            "symmetric": True,
             "per_channel": True,
         }
 

@@ -1,0 +1,114 @@
+"""The ``fxquant`` command line.
+
+fxquant inspect model.onnx           what an ONNX file holds, as tables
+fxquant inspect model.onnx --json    the same, as JSON (``fxquant.onnx_info``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from .errors import FxQuantError
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _shape(dims: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _summary(info: dict[str, Any]) -> str:
+    total = sum(info["initializer_bytes"].values()) or 1
+    rows = [
+        ("file", info["path"]),
+        ("size on disk", _size(info["size_bytes"])),
+        ("producer", info["producer"] or "-"),
+        ("IR version", info["ir_version"]),
+        ("opsets", ", ".join(f"{d} {v}" for d, v in info["opset"].items())),
+        ("parameters", f"{info['parameters']:,}"),
+        ("int8 initializers", f"{_size(info['int8_bytes'])} ({info['int8_bytes'] / total:.0%})"),
+        ("float initializers", f"{_size(info['float_bytes'])} ({info['float_bytes'] / total:.0%})"),
+        ("quantized tensors", info["quantized_tensors"]),
+    ]
+    return tabulate(rows, tablefmt="simple_outline")
+
+
+def _io(info: dict[str, Any]) -> str:
+    rows = [
+        (kind, v["name"], v["dtype"], _shape(v["shape"]))
+        for kind in ("input", "output")
+        for v in info[f"{kind}s"]
+    ]
+    return tabulate(rows, headers=("", "name", "dtype", "shape"), tablefmt="simple_outline")
+
+
+def _initializers(info: dict[str, Any]) -> str:
+    rows = [(dtype, _size(n)) for dtype, n in info["initializer_bytes"].items()]
+    return tabulate(rows, headers=("initializer type", "bytes"), tablefmt="simple_outline")
+
+
+def _metadata(info: dict[str, Any]) -> str:
+    meta = dict(info["metadata"])
+    config = meta.pop("fxquant.config", None)
+    tables = []
+    if meta:
+        tables.append(
+            tabulate(sorted(meta.items()), headers=("metadata", "value"), tablefmt="simple_outline")
+        )
+    if isinstance(config, dict) and config:
+        rows = [(k, json.dumps(v)) for k, v in sorted(config.items())]
+        tables.append(tabulate(rows, headers=("QuantConfig", "value"), tablefmt="simple_outline"))
+    return "\n".join(tables) if tables else "(no metadata)"
+
+
+def _ops(info: dict[str, Any]) -> str:
+    return tabulate(list(info["ops"].items()), headers=("op", "count"), tablefmt="simple_outline")
+
+
+def inspect_command(path: str, as_json: bool) -> int:
+    from .onnx_export import onnx_info
+
+    info = onnx_info(path)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for block in (_summary(info), _io(info), _initializers(info), _metadata(info), _ops(info)):
+        print(block)
+        print()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxquant", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="show what an ONNX file holds")
+    inspect.add_argument("path", help="an .onnx file")
+    inspect.add_argument("--json", action="store_true", help="print fxquant.onnx_info as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            return inspect_command(args.path, args.json)
+    except FxQuantError as exc:
+        print(f"fxquant: {exc}", file=sys.stderr)
+        return 2
+    return 1  # unreachable: argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

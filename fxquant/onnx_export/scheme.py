@@ -1,0 +1,65 @@
+"""The export's one numerical choice: the codes type of the weights of integer matmuls.
+
+ONNX Runtime's x86 integer GEMM for uint8 activations x int8 weights (U8S8) uses ``vpmaddubsw``
+on CPUs without VNNI (AVX2 only: Intel before Cascade Lake / Alder Lake, AMD before Zen 4). That
+instruction adds pairs of u8*s8 products in 16 bits and saturates: with activation codes up to
+255 and weight codes up to +-127 a pair reaches 64,770 > 32,767. Measured on this project's AVX2
+machine, a GPT-2-style model's logits came out 15% off, and ONNX Runtime's own
+``quantize_dynamic`` files suffer the same. With weight codes within +-64 no pair can saturate
+(255 * 64 * 2 = 32,640), which is why fxquant's default is 7-bit weights. With uint8 weights
+(U8U8: codes and zero-points shifted by 128, the same values) ONNX Runtime widens to 16 bits first
+and the product is exact on every CPU, at some speed cost on AVX2.
+
+The file cannot know which CPU will run it, and its activation codes can always reach 255
+(``DynamicQuantizeLinear`` is 8-bit; ``QuantizeLinear`` saturates at 255 even where the model's
+calibrated codes stop at 127). So by default (``matmul_weights="auto"``) each integer layer is
+checked: weights whose codes stay within +-64 are written as int8 -- exactly the pattern
+``onnxruntime.quantization.quantize_dynamic`` writes, and exact everywhere -- and wider ones as
+uint8. ``"int8"`` forces ONNX Runtime's own pattern (fastest on VNNI CPUs, saturating on AVX2);
+``"uint8"`` forces U8U8 everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import QuantConfig
+from ..errors import ConfigError
+
+CodesType = Literal["int8", "uint8"]
+_CHOICES = ("auto", "int8", "uint8")
+SAFE_WEIGHT_CODE = 64  # 255 * 64 * 2 = 32,640 <= 32,767: no 16-bit pair sum can overflow
+# Placeholders whose weights meet quantized activations in an integer GEMM.
+_INTEGER = {"linear_dynamic", "linear_static"}
+
+
+@dataclass(frozen=True)
+class ExportScheme:
+    """Resolved choices for one export."""
+
+    mode: str
+    matmul_weights: str  # "auto", "int8" or "uint8"
+
+    def is_integer(self, placeholder: str) -> bool:
+        """Whether a placeholder's weights meet quantized activations in an integer kernel."""
+        return placeholder in _INTEGER or (
+            placeholder == "dequantize_weight" and self.mode == "static"
+        )
+
+    def codes_type(self, placeholder: str, max_abs_code: int) -> CodesType:
+        """The codes type for the weights a placeholder reads."""
+        if not self.is_integer(placeholder) or self.matmul_weights == "int8":
+            return "int8"  # weight-only and embedding codes are only dequantized to float
+        if self.matmul_weights == "uint8":
+            return "uint8"
+        return "uint8" if max_abs_code > SAFE_WEIGHT_CODE else "int8"
+
+
+def resolve_scheme(config: QuantConfig | None, matmul_weights: str) -> ExportScheme:
+    if matmul_weights not in _CHOICES:
+        raise ConfigError(
+            f"matmul_weights={matmul_weights!r}: choose 'auto' (int8 where the weight codes "
+            "cannot saturate ONNX Runtime's AVX2 kernel, uint8 elsewhere), 'int8' or 'uint8'."
+        )
+    return ExportScheme(config.mode if config is not None else "float", matmul_weights)
