@@ -103,32 +103,21 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _as_2d(x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 2 and x.is_contiguous():
-        return x
-    return x.reshape(-1, x.shape[-1]).contiguous()
-
-
-def _with_rows(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``y`` (2-D) reshaped to ``x``'s leading dimensions."""
-    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
-
-
 def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
     """int8 x int8 GEMM; activations quantized per tensor from the batch's own range."""
-    packed = packed_weight(codes, scale, zero_point, bias)
-    return _with_rows(_LINEAR_DYNAMIC(_as_2d(x), packed, reduce_range), x)
+    # fbgemm takes any leading dimensions itself; reshaping here only costs time at one token.
+    return _LINEAR_DYNAMIC(x, packed_weight(codes, scale, zero_point, bias), reduce_range)
 
 
-def _static(x2d: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool, packed):
+def _static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool, packed):
     if reduce_range:
         # fbgemm quantizes to 0..255; clamping to the 7-bit range first gives exactly the codes
         # 0..127 that the reference computes, and keeps vpmaddubsw from saturating.
         qr = numerics.activation_qrange(True)
         lo = (qr.qmin - x_zero_point) * x_scale
         hi = (qr.qmax - x_zero_point) * x_scale
-        x2d = torch.clamp(x2d, lo, hi)
-    return _LINEAR_STATIC(x2d, x_scale, x_zero_point, packed)
+        x = torch.clamp(x, lo, hi)
+    return _LINEAR_STATIC(x, x_scale, x_zero_point, packed)
 
 
 def linear_static(
@@ -136,7 +125,7 @@ def linear_static(
 ) -> torch.Tensor:
     """int8 x int8 GEMM with calibrated activation parameters, float32 output."""
     packed = packed_weight(codes, scale, zero_point, bias)
-    return _with_rows(_static(_as_2d(x), x_scale, x_zero_point, reduce_range, packed), x)
+    return _static(x, x_scale, x_zero_point, reduce_range, packed)
 
 
 def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
@@ -149,15 +138,13 @@ def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
     small batch.
     """
     packed = packed_weight(codes, scale, zero_point, None)
-    x2d = _as_2d(x)
-    lo, hi = torch.aminmax(x2d)
+    lo, hi = torch.aminmax(x)
     s1, z1 = numerics.activation_qparams(lo.item(), hi.item(), True)
-    qr = numerics.activation_qrange(True)
-    residual = x2d - numerics.fake_quantize(x2d, s1, z1, qr)
+    residual = x - numerics.fake_quantize(x, s1, z1, numerics.activation_qrange(True))
     rlo, rhi = torch.aminmax(residual)
     s2, z2 = numerics.activation_qparams(rlo.item(), rhi.item(), True)
-    y = _static(x2d, s1, z1, True, packed)
+    y = _static(x, s1, z1, True, packed)
     y += _static(residual, s2, z2, True, packed)
     if bias is not None:
         y += bias
-    return _with_rows(y, x)
+    return y
