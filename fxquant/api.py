@@ -70,9 +70,10 @@ def prepare(
     config = config or QuantConfig()
     if config.may_saturate:
         warnings.warn(
-            "QuantConfig(weight_bits=8, reduce_range=False): on AVX2 CPUs without VNNI the int8 "
-            "kernel adds pairs of products in 16 bits and can saturate. Use weight_bits=7 (the "
-            "default) or reduce_range=True unless this CPU has VNNI.",
+            "8-bit weights without pair-safe scales meet 8-bit activations: on AVX2 CPUs without "
+            "VNNI the int8 kernel adds pairs of products in 16 bits and can saturate. Keep "
+            "QuantConfig.pair_safe_weights=True (symmetric per-channel weights), or set "
+            "reduce_range=True or weight_bits=7, unless this CPU has VNNI.",
             stacklevel=2,
         )
     inputs = as_input_tuple(example_inputs)

@@ -33,15 +33,7 @@ class QuantConfig:
         mode: ``"dynamic"`` (default) quantizes activations to int8 on the fly, per tensor, from
             each batch's own range: no calibration needed. ``"static"`` uses activation ranges
             calibrated ahead of time. ``"weight_only"`` keeps activations in float.
-        weight_bits: bits per weight code, 2..8, stored in ``torch.int8`` buffers. Left unset it
-            becomes 8 in weight-only mode (float activations: no int8 x int8 product) and 7 in
-            the dynamic and static modes:
-            on AVX2 CPUs without VNNI the int8 kernel (``vpmaddubsw``) adds pairs of u8*s8
-            products in 16 bits, which can saturate for 8-bit weights times 8-bit activations;
-            7-bit weights (|code| <= 63) make that impossible while keeping 8-bit activations.
-            Measured, this is more accurate than torch.ao's answer (7-bit activations,
-            ``reduce_range``) on MiniLM, GPT-2 and the seed MLP (docs/kernel_choice.md). Use 8
-            with ``reduce_range=True``, or on CPUs with VNNI.
+        weight_bits: bits per weight code, 2..8, stored in ``torch.int8`` buffers.
         weight_granularity: ``"per_channel"`` (one scale per output channel) or ``"per_tensor"``.
         weight_symmetric: symmetric weights (zero-point 0, codes in ``[-(2^(b-1)-1), 2^(b-1)-1]``)
             or asymmetric (full ``[-2^(b-1), 2^(b-1)-1]`` with a zero-point).
@@ -49,10 +41,18 @@ class QuantConfig:
             (min-max smoothed over batches) or ``"percentile"`` (histogram, clips outliers).
         percentile: the percentile the ``"percentile"`` observer keeps, e.g. 99.99.
         moving_average_momentum: weight of a new batch in the ``"moving_average"`` observer.
+        pair_safe_weights: on AVX2 CPUs without VNNI, int8 GEMMs (fbgemm's and ONNX Runtime's)
+            add pairs of u8*s8 products in 16 bits (``vpmaddubsw``), which saturates for 8-bit
+            weights times 8-bit activations. With this on (the default), each output channel's
+            scale is raised just enough that no adjacent pair of weight codes sums past 128, so
+            saturation is impossible and activations keep all 8 bits. Measured on MiniLM it is
+            more accurate than 7-bit weights or torch.ao's 7-bit activations
+            (docs/kernel_choice.md). It applies to symmetric per-channel weights that feed the
+            int8 GEMM in dynamic and static modes; weights of 7 bits or fewer are safe anyway.
         reduce_range: quantize activations to 7 bits (codes 0..127), torch.ao's way of avoiding
-            the AVX2 saturation above. With ``weight_bits=8`` and ``reduce_range=False`` the fast
-            kernel can saturate (measured: 11% output error on the seed MLP against 1.6%);
-            fxquant warns when asked for it.
+            the same saturation. With 8-bit weights, ``reduce_range=False`` and
+            ``pair_safe_weights=False`` the fast kernel can saturate (measured: 11% output error
+            on the seed MLP against 1.6%); fxquant warns when asked for it.
         embedding_bits: bits per code of embedding tables that are only gathered (never multiplied
             by the int8 GEMM, so no saturation guard applies), 2..8. A table tied to a matmul
             weight (GPT-2's ``lm_head``) uses ``weight_bits``.
@@ -68,12 +68,13 @@ class QuantConfig:
     """
 
     mode: Mode = "dynamic"
-    weight_bits: int | None = None
+    weight_bits: int = 8
     weight_granularity: Granularity = "per_channel"
     weight_symmetric: bool = True
     activation_observer: ActObserver = "minmax"
     percentile: float = 99.99
     moving_average_momentum: float = 0.1
+    pair_safe_weights: bool = True
     reduce_range: bool = False
     embedding_bits: int = 8
     quantize_embeddings: bool = True
@@ -86,8 +87,6 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ConfigError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}.")
-        if self.weight_bits is None:
-            object.__setattr__(self, "weight_bits", 8 if self.mode == "weight_only" else 7)
         if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
             raise ConfigError(
                 f"weight_bits={self.weight_bits!r} is impossible: fxquant stores weight codes "
@@ -119,9 +118,26 @@ class QuantConfig:
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
 
     @property
+    def needs_pair_safe_weights(self) -> bool:
+        """Whether GEMM weights get pair-safe scales (see ``pair_safe_weights``)."""
+        return (
+            self.pair_safe_weights
+            and self.weight_bits == 8
+            and not self.reduce_range
+            and self.weight_symmetric
+            and self.weight_granularity == "per_channel"
+            and self.mode != "weight_only"
+        )
+
+    @property
     def may_saturate(self) -> bool:
-        """True when 8-bit weights meet 8-bit activations (see ``weight_bits``)."""
-        return self.weight_bits == 8 and not self.reduce_range and self.mode != "weight_only"
+        """True when 8-bit weight codes can meet 8-bit activations in an AVX2 int8 GEMM."""
+        return (
+            self.weight_bits == 8
+            and not self.reduce_range
+            and self.mode != "weight_only"
+            and not self.needs_pair_safe_weights
+        )
 
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with some fields changed (and validated again)."""

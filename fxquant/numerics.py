@@ -177,18 +177,56 @@ class QuantizedWeight:
         return dequantize(self.codes, self.scale, self.zero_point, axis=self.axis)
 
 
+# vpmaddubsw (AVX2 int8 GEMMs without VNNI) adds u8*s8 products of adjacent K pairs in int16:
+# with activation codes up to 255, same-sign weight pairs must satisfy |c0 + c1| <= 128
+# (255 * 128 = 32,640 <= 32,767).
+PAIR_SUM_LIMIT = 128
+
+
+def pair_sums(codes_or_weight: torch.Tensor) -> torch.Tensor:
+    """|w[..., 2k] + w[..., 2k+1]| for every adjacent pair along the last axis (K)."""
+    w = codes_or_weight.float()
+    if w.shape[-1] % 2:
+        w = torch.nn.functional.pad(w, (0, 1))
+    return (w[..., 0::2] + w[..., 1::2]).abs()
+
+
+def pair_safe_scale(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-row scales raised just enough that no adjacent pair of codes sums past
+    ``PAIR_SUM_LIMIT`` in magnitude.
+
+    Rounding moves each code by at most 1/2, so requiring ``|w0 + w1| / scale <= LIMIT - 1``
+    guarantees ``|c0 + c1| <= LIMIT`` for the rounded codes. Most rows keep their min-max scale;
+    rows with a large same-sign pair lose a fraction of a bit, instead of every row losing a whole
+    bit (7-bit weights) or the activations losing one (reduce_range).
+    """
+    peak = pair_sums(weight.reshape(weight.shape[0], -1)).amax(dim=1)
+    return torch.maximum(scale, peak / (PAIR_SUM_LIMIT - 1))
+
+
 def quantize_weight(
-    weight: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, axis: int = 0
+    weight: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    per_channel: bool,
+    axis: int = 0,
+    pair_safe: bool = False,
 ) -> QuantizedWeight:
     """Quantize a weight tensor: one scale per slice along ``axis``, or one for the whole tensor.
 
     Per-tensor parameters are still stored with one entry per channel (all equal), so every
-    kernel and the ONNX export handle a single layout.
+    kernel and the ONNX export handle a single layout. ``pair_safe`` (symmetric, per-channel,
+    axis 0) raises row scales where needed so that AVX2 int8 kernels cannot saturate with 8-bit
+    activations (see :func:`pair_safe_scale`).
     """
     w = weight.detach().float()
     lo, hi = reduce_min_max(w, axis if per_channel else None)
     channels = w.shape[axis]
     lo, hi = lo.reshape(-1).expand(channels), hi.reshape(-1).expand(channels)
     scale, zero_point = weight_qparams(lo, hi, bits, symmetric)
+    if pair_safe:
+        if not (symmetric and per_channel and axis == 0):
+            raise ValueError("pair_safe needs symmetric per-channel weights along axis 0")
+        scale = pair_safe_scale(w, scale)
     codes = quantize(w, scale, zero_point, weight_qrange(bits, symmetric), torch.int8, axis=axis)
     return QuantizedWeight(codes.contiguous(), scale.contiguous(), zero_point.contiguous(), axis)

@@ -151,12 +151,15 @@ class WeightObserver(nn.Module):
     finite when it is created and quantizes it when the graph is lowered.
     """
 
-    def __init__(self, target: str, bits: int, symmetric: bool, per_channel: bool) -> None:
+    def __init__(
+        self, target: str, bits: int, symmetric: bool, per_channel: bool, pair_safe: bool = False
+    ) -> None:
         super().__init__()
         self.target = target
         self.bits = bits
         self.symmetric = symmetric
         self.per_channel = per_channel
+        self.pair_safe = pair_safe  # scales keep AVX2 int8 kernels from saturating (numerics)
         self.axis = 0  # output channels of Linear/Conv weights, rows of Embedding tables
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -173,4 +176,5 @@ class WeightObserver(nn.Module):
     def extra_repr(self) -> str:
         granularity = "per_channel" if self.per_channel else "per_tensor"
         symmetry = "symmetric" if self.symmetric else "asymmetric"
-        return f"target={self.target!r}, bits={self.bits}, {granularity}, {symmetry}"
+        safe = ", pair_safe" if self.pair_safe else ""
+        return f"target={self.target!r}, bits={self.bits}, {granularity}, {symmetry}{safe}"

@@ -385,5 +385,6 @@ def quant_config_of(model: nn.Module) -> QuantConfig | None:
         weight_symmetric=symmetric,
         weight_granularity="per_channel" if per_channel else "per_tensor",
         reduce_range=reduce_range,
+        pair_safe_weights=False,  # seed layers use plain min-max scales
         skip=skip,
     )

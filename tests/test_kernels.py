@@ -208,3 +208,25 @@ def test_converted_model_follows_its_int8_buffer():
     x_scale, _ = numerics.activation_qparams(x.min().item(), x.max().item(), True)
     assert bool(((after - expected).abs() <= _int8_matmul_tolerance(x_scale, qw, x, expected))
                 .all())
+
+
+def test_default_weights_cannot_saturate_the_fast_kernel():
+    # Uniform weights (many large same-sign pairs) and activations whose codes sit near 255: the
+    # worst case for vpmaddubsw. With pair-safe scales the fast kernel equals the exact reference.
+    torch.manual_seed(0)
+    w = torch.rand(64, 96) - 0.2
+    qw = numerics.quantize_weight(w, 8, symmetric=True, per_channel=True, pair_safe=True)
+    x = torch.rand(4, 96) * 5.0
+    x[:, 0] = -0.01  # a sliver below zero: zero-point 0 or 1, codes of the rest near 255
+    fast = ops.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, None, False)
+    with ops.reference_kernels():
+        ref = ops.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, None, False)
+    x_scale, _ = numerics.activation_qparams(float(x.min()), float(x.max()), False)
+    step = x_scale * (qw.codes.float().abs() * qw.scale[:, None]).sum(1)  # one activation step
+    assert ((fast - ref).abs() <= step + 1e-4).all()
+    # Without pair-safe scales the same layer saturates: the guard is what makes it exact.
+    plain = numerics.quantize_weight(w, 8, symmetric=True, per_channel=True)
+    fast = ops.linear_dynamic(x, plain.codes, plain.scale, plain.zero_point, None, False)
+    with ops.reference_kernels():
+        ref = ops.linear_dynamic(x, plain.codes, plain.scale, plain.zero_point, None, False)
+    assert (fast - ref).abs().max() > 10 * step.max()

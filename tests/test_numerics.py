@@ -170,3 +170,24 @@ def test_zero_and_tiny_activations_stay_finite(value, reduce_range):
 def test_weight_qparams_of_zero_range_channel():
     scale, zp = numerics.weight_qparams(torch.zeros(2), torch.zeros(2), 8, symmetric=False)
     assert scale.tolist() == [1.0, 1.0] and zp.tolist() == [0, 0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 33),
+    seed=st.integers(0, 2**16),
+    spread=st.sampled_from([0.01, 1.0, 100.0]),
+)
+def test_pair_safe_codes_never_reach_the_int16_limit(rows, cols, seed, spread):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.rand(rows, cols, generator=g) - 0.3) * spread  # many same-sign pairs
+    qw = numerics.quantize_weight(w, 8, symmetric=True, per_channel=True, pair_safe=True)
+    assert int(numerics.pair_sums(qw.codes).max()) <= numerics.PAIR_SUM_LIMIT
+    assert int(qw.codes.abs().max()) <= 127
+    # The worst vpmaddubsw pair sum with u8 activations fits int16.
+    assert 255 * int(numerics.pair_sums(qw.codes).max()) <= 32767
+    # Rows whose pairs were already safe keep their min-max scale.
+    plain = numerics.quantize_weight(w, 8, symmetric=True, per_channel=True)
+    safe_rows = numerics.pair_sums(plain.codes).amax(dim=1) <= numerics.PAIR_SUM_LIMIT - 1
+    assert torch.equal(qw.scale[safe_rows], plain.scale[safe_rows])

@@ -91,10 +91,9 @@ def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto
 def _use(b: GraphBuilder, node: onnx.NodeProto, scheme: ExportScheme) -> WeightUse:
     rule = _rule(node)
     codes = node.input[rule.codes_input]
-    widest = int(np.abs(b.array(codes).astype(np.int16)).max(initial=0)) if b.constant(codes) else 0
-    return WeightUse(
-        codes, rule.layout, scheme.codes_type(node.op_type, widest), scheme.is_integer(node.op_type)
-    )
+    array = b.array(codes) if b.constant(codes) else np.zeros((1, 1), np.int8)
+    codes_type = scheme.codes_type(node.op_type, array)
+    return WeightUse(codes, rule.layout, codes_type, scheme.is_integer(node.op_type))
 
 
 def _rule(node: onnx.NodeProto) -> _Placeholder:

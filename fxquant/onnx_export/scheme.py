@@ -6,14 +6,15 @@ instruction adds pairs of u8*s8 products in 16 bits and saturates: with activati
 255 and weight codes up to +-127 a pair reaches 64,770 > 32,767. Measured on this project's AVX2
 machine, a GPT-2-style model's logits came out 15% off, and ONNX Runtime's own
 ``quantize_dynamic`` files suffer the same. With weight codes within +-64 no pair can saturate
-(255 * 64 * 2 = 32,640), which is why fxquant's default is 7-bit weights. With uint8 weights
+(255 * 64 * 2 = 32,640); more precisely, none can when every adjacent pair of codes along K sums
+to at most 128 in magnitude, which fxquant's default pair-safe scales guarantee. With uint8 weights
 (U8U8: codes and zero-points shifted by 128, the same values) ONNX Runtime widens to 16 bits first
 and the product is exact on every CPU, at some speed cost on AVX2.
 
 The file cannot know which CPU will run it, and its activation codes can always reach 255
 (``DynamicQuantizeLinear`` is 8-bit; ``QuantizeLinear`` saturates at 255 even where the model's
 calibrated codes stop at 127). So by default (``matmul_weights="auto"``) each integer layer is
-checked: weights whose codes stay within +-64 are written as int8 -- exactly the pattern
+checked: weights that cannot saturate (pair-safe codes) are written as int8 -- exactly the pattern
 ``onnxruntime.quantization.quantize_dynamic`` writes, and exact everywhere -- and wider ones as
 uint8. ``"int8"`` forces ONNX Runtime's own pattern (fastest on VNNI CPUs, saturating on AVX2);
 ``"uint8"`` forces U8U8 everywhere.
@@ -24,7 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from ..config import QuantConfig
+from ..numerics import PAIR_SUM_LIMIT
 from ..errors import ConfigError
 
 CodesType = Literal["int8", "uint8"]
@@ -47,13 +51,29 @@ class ExportScheme:
             placeholder == "dequantize_weight" and self.mode == "static"
         )
 
-    def codes_type(self, placeholder: str, max_abs_code: int) -> CodesType:
-        """The codes type for the weights a placeholder reads."""
+    def codes_type(self, placeholder: str, codes: np.ndarray) -> CodesType:
+        """The codes type for the weights (PyTorch layout) a placeholder reads."""
         if not self.is_integer(placeholder) or self.matmul_weights == "int8":
             return "int8"  # weight-only and embedding codes are only dequantized to float
         if self.matmul_weights == "uint8":
             return "uint8"
-        return "uint8" if max_abs_code > SAFE_WEIGHT_CODE else "int8"
+        return "int8" if cannot_saturate(placeholder, codes) else "uint8"
+
+
+def cannot_saturate(placeholder: str, codes: np.ndarray) -> bool:
+    """True when no 16-bit pair sum of ``vpmaddubsw`` can overflow for these weight codes.
+
+    For the matmuls (``[N, K]`` codes, K pairs adjacent in the kernel, as in fbgemm) that is the
+    pair-safe condition fxquant's default scales guarantee: ``|c[2k] + c[2k+1]| <= 128``. For
+    anything else (conv kernels, whose packing we do not rely on) every code must be within +-64.
+    """
+    wide = codes.astype(np.int32)
+    if placeholder in _INTEGER and wide.ndim == 2:
+        if wide.shape[-1] % 2:
+            wide = np.pad(wide, ((0, 0), (0, 1)))
+        pairs = np.abs(wide[:, 0::2] + wide[:, 1::2])
+        return int(pairs.max(initial=0)) <= PAIR_SUM_LIMIT
+    return int(np.abs(wide).max(initial=0)) <= SAFE_WEIGHT_CODE
 
 
 def resolve_scheme(config: QuantConfig | None, matmul_weights: str) -> ExportScheme:

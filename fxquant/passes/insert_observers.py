@@ -52,8 +52,11 @@ def _weight_observer(
         readers = [n for n in nodes if getattr(n.args[1], "target", None) == weight.target]
         only_gathered = all(kind_of(u) == "embedding" for u in readers)
         bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
+        # Weights that meet 8-bit activations in the int8 GEMM get saturation-safe scales.
+        feeds_gemm = any(kind_of(u) == "linear" for u in readers)
         observer = WeightObserver(
-            source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel"
+            source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel",
+            pair_safe=feeds_gemm and cfg.needs_pair_safe_weights,
         )
         observer.check_finite(fetch_attr(gm, weight.target))
         target = add_module(gm, source, "w_obs", observer)

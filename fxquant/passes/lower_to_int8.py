@@ -27,7 +27,8 @@ from .infra import PassContext, PassResult
 def _lower_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -> None:
     weight = node.args[0]
     qw = numerics.quantize_weight(
-        fetch_attr(gm, weight.target), observer.bits, observer.symmetric, observer.per_channel
+        fetch_attr(gm, weight.target), observer.bits, observer.symmetric, observer.per_channel,
+        pair_safe=observer.pair_safe,
     )
     with gm.graph.inserting_before(node):
         attrs = [
@@ -37,7 +38,7 @@ def _lower_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -
         ]
         deq = gm.graph.call_function(ops.dequantize_weight, (*attrs, qw.axis))
     meta(deq).update(source=observer.target, bits=observer.bits, symmetric=observer.symmetric,
-                     per_channel=observer.per_channel)
+                     per_channel=observer.per_channel, pair_safe=observer.pair_safe)
     node.replace_all_uses_with(deq)
     gm.graph.erase_node(node)
 

@@ -19,7 +19,7 @@ def eight_bit(exported):
     e = exported("mlp", "dynamic")
     x = e.case.inputs(8, 3)
     with pytest.warns(UserWarning, match="saturate"):
-        q = fxquant.quantize(e.float_model, x, config=fxquant.QuantConfig(weight_bits=8))
+        q = fxquant.quantize(e.float_model, x, config=fxquant.QuantConfig(weight_bits=8, pair_safe_weights=False))
     return q, x
 
 
@@ -49,3 +49,16 @@ def test_uint8_weights_on_request(exported, tmp_path):
     assert inits["word_embeddings.w_int8"].data_type == TensorProto.INT8  # only dequantized
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["fxquant.matmul_weights"] == "uint8"
+
+
+def test_default_pair_safe_weights_are_int8_and_exact(exported, tmp_path):
+    # fxquant's default 8-bit weights have pair-safe scales: no vpmaddubsw pair can overflow, so
+    # the file keeps ONNX Runtime's own int8 pattern and ONNX Runtime computes it exactly.
+    e = exported("mlp", "dynamic")
+    x = e.case.inputs(8, 3)
+    q = fxquant.quantize(e.float_model, x)
+    result = fxquant.export_onnx(q, tmp_path / "m.onnx", x, validate=True)
+    inits = {t.name: t for t in onnx.load(result.path).graph.initializer}
+    assert inits["0.w_int8"].data_type == TensorProto.INT8
+    assert int(abs(fxquant.numerics.pair_sums(q.fxq.get_buffer("0_w_int8")).max())) <= 128
+    assert result.validation.outputs[0].max < 1e-5

@@ -69,6 +69,9 @@ def test_weight_observers_become_int8_buffers():
             "bits": QuantConfig().embedding_bits if src == "emb" else QuantConfig().weight_bits,
             "symmetric": True,
             "per_channel": True,
+            # Weights that feed the int8 GEMM get saturation-safe scales; gathered tables and
+            # unfused convs do not.
+            "pair_safe": src in ("fc1", "fc2"),
         }
 
     buffers = dict(gm.named_buffers())
@@ -79,7 +82,7 @@ def test_weight_observers_become_int8_buffers():
     assert buffers["fxq.fc1_w_scale"].shape == (16,)
     assert buffers["fxq.fc1_w_zp"].dtype == torch.int32
     expected = numerics.quantize_weight(weight, QuantConfig().weight_bits, symmetric=True,
-                                        per_channel=True)
+                                        per_channel=True, pair_safe=True)
     assert torch.equal(buffers["fxq.fc1_w_int8"], expected.codes)
     assert torch.equal(buffers["fxq.fc1_w_scale"], expected.scale)
     # Biases moved into fxq; fc2 has none.
@@ -132,7 +135,8 @@ def test_weight_only_mode_leaves_activations_float():
 def test_lowered_graph_computes_the_int8_function():
     model = nn.Sequential(nn.Linear(8, 6)).eval()
     x = torch.randn(3, 8)
-    qw = numerics.quantize_weight(model[0].weight, QuantConfig().weight_bits, True, True)
+    qw = numerics.quantize_weight(model[0].weight, QuantConfig().weight_bits, True, True,
+                                  pair_safe=True)
     b = model[0].bias.detach()
     gm = lower(model, (x,), QuantConfig(mode="dynamic"))
     expected = reference.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, b,

@@ -253,6 +253,7 @@ def test_to_float_model_maps_back_to_the_same_codes(mlp, symmetric, per_channel)
         weight_symmetric=symmetric,
         weight_granularity="per_channel" if per_channel else "per_tensor",
         reduce_range=True,  # 8-bit weights: 7-bit activations keep the kernel exact
+        pair_safe_weights=False,  # the seed layers use plain min-max scales
     )
     x = torch.rand(4, 784)
     gm = fxquant.quantize(float_model, (x,), config=config)
