@@ -13,6 +13,7 @@ every step succeeded, so a failed export leaves no file at ``path``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import tempfile
@@ -165,7 +166,10 @@ def export_onnx(
     Returns:
         an :class:`ExportResult` (path, size, names, and the validation report if requested).
     """
-    subject = checks.inspect_model(model)
+    # Tracing runs the model under torch.jit tracing, and some models (Hugging Face transformers)
+    # keep state from such a run: measured, a MiniLM exported in place gave different embeddings
+    # afterwards. The export works on a copy, so the user's model is never changed.
+    subject = checks.inspect_model(copy.deepcopy(model))
     target = checks.check_path(path)
     checks.check_opset_for(subject, opset)
     scheme = resolve_scheme(subject.config, matmul_weights)

@@ -92,3 +92,19 @@ def test_hf_model_is_not_changed():
     assert model.training
     assert model.lm_head.weight is model.transformer.wte.weight
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.onnx
+def test_onnx_export_leaves_the_hf_model_as_it_was(tmp_path):
+    # The TorchScript exporter runs the model under tracing; transformers models keep state from
+    # such a run (MiniLM's embeddings changed). export_onnx must work on a copy.
+    model = tiny_bert()
+    ids = _ids(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    before = model(ids, mask).last_hidden_state
+    q = fxquant.quantize(model, (ids, mask))
+    for m in (model, q):
+        fxquant.export_onnx(m, tmp_path / "m.onnx", (ids, mask),
+                            input_names=["input_ids", "attention_mask"])
+    assert torch.equal(model(ids, mask).last_hidden_state, before)
