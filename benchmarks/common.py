@@ -16,19 +16,26 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def median_ms(fn: Callable[[], Any], *, warmup: int = 3, reps: int = 20, budget_s: float = 20.0
-              ) -> float:
-    """Median wall time of ``fn()`` in milliseconds (reps stop early past ``budget_s``)."""
+def median_ms(fn: Callable[[], Any], *, warmup: int = 5, reps: int = 20, min_time_s: float = 1.0,
+              budget_s: float = 20.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds.
+
+    Runs at least ``reps`` times and at least ``min_time_s`` seconds (fast calls get hundreds of
+    repetitions, so one scheduler hiccup cannot move the median), at most ``budget_s``.
+    """
     with torch.no_grad():
         for _ in range(warmup):
             fn()
-        times = []
+        times: list[float] = []
         start = time.perf_counter()
-        for _ in range(reps):
+        while True:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-            if time.perf_counter() - start > budget_s and len(times) >= 5:
+            elapsed = time.perf_counter() - start
+            if len(times) >= reps and elapsed > min_time_s:
+                break
+            if elapsed > budget_s and len(times) >= 5:
                 break
     return statistics.median(times) * 1e3
 

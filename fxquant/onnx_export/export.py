@@ -158,9 +158,9 @@ def export_onnx(
         validate: run ONNX Runtime on ``example_inputs`` and compare with the model (bounds in
             :mod:`fxquant.onnx_export.validate`); ``ExportError`` when out of bounds.
         matmul_weights: codes type of the weights of integer layers (dynamic and static):
-            ``"auto"`` (int8 -- ONNX Runtime's own pattern -- where the codes stay within +-64,
-            as fxquant's default 7-bit weights do, so no CPU can saturate; uint8 for wider
-            codes, exact on every CPU), ``"int8"`` or ``"uint8"``. See
+            ``"auto"`` (int8 -- ONNX Runtime's own pattern -- where no pair of codes can
+            saturate an AVX2 kernel, as fxquant's default pair-safe scales guarantee; uint8
+            otherwise, exact on every CPU), ``"int8"`` or ``"uint8"``. See
             :mod:`fxquant.onnx_export.scheme`.
 
     Returns:
