@@ -30,7 +30,8 @@ def _gpt2():
     return transformers.GPT2LMHeadModel(cfg).eval(), ("logits",)
 
 
-@pytest.mark.parametrize(("build", "mode"), [(_bert, "dynamic"), (_gpt2, "static")])
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only"])
+@pytest.mark.parametrize("build", [_bert, _gpt2])
 def test_hf_model_exports_with_dynamic_batch_and_sequence(tmp_path, build, mode):
     torch.manual_seed(0)
     model, outputs = build()
