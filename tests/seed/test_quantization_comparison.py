@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import json
 
 import pytest
@@ -60,6 +62,8 @@ def test_results_hold_every_metric(comparison):
 
 def test_peak_memory_is_measured(comparison):
     rows = comparison.results["models"]
+    # Linux (this project's machines and CI) can reset the peak resident set: it must measure.
+    assert rows["original"]["peak_memory_mb"] is not None or not sys.platform.startswith("linux")
     if rows["original"]["peak_memory_mb"] is None:
         pytest.skip("this platform cannot reset the peak resident set")
     # fp32 must at least hold its 1.55 MB of weights.

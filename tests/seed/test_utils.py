@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -76,6 +78,8 @@ def test_peak_memory_is_measured_and_sees_the_model():
     with torch.no_grad():
         model(x)
     measured = peak_memory_mb(model, (x,))
+    # Linux (this project's machines and CI) can reset the peak resident set: it must measure.
+    assert measured is not None or not sys.platform.startswith("linux")
     if measured is None:
         pytest.skip("this platform cannot reset the peak resident set")
     size = model_size_bytes(model) / MB
