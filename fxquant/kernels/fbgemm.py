@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -88,7 +88,8 @@ def packed_weight(
         qweight = torch._make_per_channel_quantized_tensor(
             codes, scale.double(), zero_point.long(), 0
         )
-        packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach())
+        float_bias = None if bias is None else bias.detach()
+        packed = torch.ops.quantized.linear_prepack(qweight, float_bias)
     entry = _Packed(weakref.ref(codes), _versions(codes, scale, zero_point, bias),
                     (id(scale), id(zero_point), id(bias)), packed)
     with _LOCK:

@@ -42,7 +42,8 @@ def linear_int8_weight(
 
 
 def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
-    return linear_int8_weight(fake_quantize_dynamic(x, reduce_range), codes, scale, zero_point, bias)
+    xq = fake_quantize_dynamic(x, reduce_range)
+    return linear_int8_weight(xq, codes, scale, zero_point, bias)
 
 
 def linear_static(

@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 
 from ..config import QuantConfig
-from ..numerics import PAIR_SUM_LIMIT
 from ..errors import ConfigError
+from ..numerics import PAIR_SUM_LIMIT
 
 CodesType = Literal["int8", "uint8"]
 _CHOICES = ("auto", "int8", "uint8")

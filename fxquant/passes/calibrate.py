@@ -46,12 +46,12 @@ def split_batch(batch: Any, n_inputs: int) -> tuple[tuple[Any, ...], dict[str, A
 def _check_finite(args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> None:
     named = [(f"input {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
     for name, value in named:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            if not torch.isfinite(value).all():
-                raise NonFiniteError(
-                    f"calibration batch {index}, {name}, holds NaN or Inf. Clean the calibration "
-                    "data: a non-finite value would make every downstream scale NaN."
-                )
+        floating = isinstance(value, torch.Tensor) and value.is_floating_point()
+        if floating and not torch.isfinite(value).all():
+            raise NonFiniteError(
+                f"calibration batch {index}, {name}, holds NaN or Inf. Clean the calibration "
+                "data: a non-finite value would make every downstream scale NaN."
+            )
 
 
 def run_batches(gm: fx.GraphModule, batches: Iterable[Any], n_inputs: int, progress: bool) -> int:
