@@ -1,19 +1,12 @@
 """Small-config checks for benchmarks/models.py: fx-traceable, shape-general,
 GPT-2 weight tying, causal masking, BERT padding mask."""
 
-import os
-import sys
-
 import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from benchmarks.models import (  # noqa: E402
+from benchmarks.models import (  # tests/conftest.py puts the repo root on sys.path
     BertEncoder,
     DecoderConfig,
     EncoderConfig,
