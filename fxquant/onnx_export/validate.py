@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 from torch.utils import _pytree as pytree
 
-from .. import ops
+from .. import cpu, ops
 from ..errors import ExportError
 
 # mode -> (relative RMS bound, relative max bound)
@@ -92,11 +92,7 @@ def compare(
 
 def _saturating_cpu() -> bool:
     """True on x86 CPUs with AVX2 but no VNNI, where ONNX Runtime's u8 x s8 GEMM saturates."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx2" in flags and not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx"))
+    return cpu.onnxruntime_saturates()
 
 
 def _session(model_bytes: bytes):
