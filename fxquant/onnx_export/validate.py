@@ -25,7 +25,6 @@ validation sets that level to 0 so it checks the file itself, not that runtime t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
