@@ -22,6 +22,8 @@ from .errors import (
     NonFiniteError,
     PassError,
 )
+from .inputs import ModelInputs
+from .record import QuantRecord, record_of
 
 __version__ = "0.1.0"
 
@@ -33,9 +35,11 @@ __all__ = [
     "ExampleInputError",
     "ExportError",
     "FxQuantError",
+    "ModelInputs",
     "NonFiniteError",
     "PassError",
     "QuantConfig",
+    "QuantRecord",
     "__version__",
     "calibrate",
     "capture",
@@ -43,6 +47,7 @@ __all__ = [
     "ops",
     "prepare",
     "quantize",
+    "record_of",
 ]
 
 # ONNX export (fxquant.onnx_export); imported last: it reads __version__.

@@ -6,7 +6,6 @@ copy, so quantization never changes the model it is given.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import os
@@ -19,6 +18,8 @@ from torch import nn
 
 from .config import QuantConfig
 from .errors import AlreadyQuantizedError, CaptureError, ExampleInputError
+from .inputs import ModelInputs, as_model_inputs, check_signature
+from .regions.shell import clear_hooks, share_copy
 
 log = logging.getLogger("fxquant")
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -78,24 +79,15 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
 
 
-def check_example_inputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+def check_example_inputs(model: nn.Module, example_inputs: ModelInputs) -> None:
     """Refuse example inputs that cannot bind to ``model.forward`` or that the model rejects."""
-    try:
-        inspect.signature(model.forward).bind(*example_inputs)
-    except TypeError as exc:
-        sig = inspect.signature(model.forward)
-        raise ExampleInputError(
-            f"example_inputs do not match {type(model).__name__}.forward{sig}: {exc}. Pass a "
-            "tuple with one entry per positional input."
-        ) from None
+    check_signature(model, example_inputs)
     try:
         with torch.no_grad():
-            model(*example_inputs)
+            example_inputs.call(model)
     except Exception as exc:
-        shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-                  for a in example_inputs]
         raise ExampleInputError(
-            f"{type(model).__name__} failed on the example inputs {shapes}: "
+            f"{type(model).__name__} failed on the example inputs {example_inputs.describe()}: "
             f"{type(exc).__name__}: {exc} (at {_user_frame(exc)}). Pass inputs the model accepts "
             "(right shapes, dtypes and device)."
         ) from None
@@ -164,26 +156,34 @@ def _widened(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     return inputs if same else widened
 
 
-def _export(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+def _export(model: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
+    dynamic = _dynamic_shapes(inputs)
+    if kwargs:
+        dynamic = {**dict(zip(_arg_names(model, len(inputs)), dynamic, strict=True)),
+                   **dict(zip(kwargs, _dynamic_shapes(tuple(kwargs.values())), strict=True))}
     return torch.export.export(
-        model, inputs, dynamic_shapes=_dynamic_shapes(inputs), strict=False
+        model, inputs, kwargs or None, dynamic_shapes=dynamic, strict=False
     ).module()
 
 
-def export_capture(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
+def _arg_names(model: nn.Module, count: int) -> list[str]:
+    return list(inspect.signature(model.forward).parameters)[:count]
+
+
+def export_capture(model: nn.Module, inputs: ModelInputs) -> fx.GraphModule:
     """Capture with ``torch.export`` (non-strict), every tensor dimension dynamic where the model
     allows it, so the quantized model accepts other batch sizes and sequence lengths."""
-    widened = _widened(inputs)
+    widened = _widened(inputs.args)
     gm = None
-    if widened is not inputs:
+    if widened is not inputs.args:
         try:
-            gm = _export(model, widened)
+            gm = _export(model, widened, inputs.kwargs)
             with torch.no_grad():
-                gm(*inputs)  # the widened capture must still take the user's own example
+                inputs.call(gm)  # the widened capture must still take the user's own example
         except Exception:
             gm = None
     if gm is None:
-        gm = _export(model, inputs)
+        gm = _export(model, inputs.args, inputs.kwargs)
     name = type(model).__name__
     gm.meta["fxquant"] = {"capture": "torch.export", "source_class": name, "stage": "captured"}
     fixed = _specialized_dims(gm)
@@ -192,9 +192,21 @@ def export_capture(model: nn.Module, inputs: tuple[Any, ...]) -> fx.GraphModule:
     return gm
 
 
-def _capture_graph(work: nn.Module, inputs: tuple[Any, ...], config: QuantConfig) -> fx.GraphModule:
+def _export_failure(model: nn.Module, exc: Exception) -> CaptureError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CaptureError(
+        f"torch.export could not capture {type(model).__name__}, at {_user_frame(exc)}: "
+        f"{type(exc).__name__}: {first}. Use capture='auto' (region-wise fallback), add the "
+        "module's class to QuantConfig.leaf_modules, or skip it."
+    )
+
+
+def _capture_graph(work: nn.Module, inputs: ModelInputs, config: QuantConfig) -> fx.GraphModule:
     if config.capture == "export":
-        return export_capture(work, inputs)
+        try:
+            return export_capture(work, inputs)
+        except Exception as exc:
+            raise _export_failure(work, exc) from None
     try:
         return symbolic_trace(work, config)
     except CaptureError as trace_error:
@@ -204,17 +216,11 @@ def _capture_graph(work: nn.Module, inputs: tuple[Any, ...], config: QuantConfig
         try:
             return export_capture(work, inputs)
         except Exception as exc:
-            raise CaptureError(
-                f"{trace_error} torch.export (the fallback) failed too, at {_user_frame(exc)}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from None
+            raise CaptureError(f"{trace_error} {_export_failure(work, exc)}") from None
 
 
-def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.GraphModule:
-    """A GraphModule of a copy of ``model`` in eval mode, checked against ``example_inputs``.
-
-    ``gm.meta["fxquant"]["capture"]`` says which method captured it.
-    """
+def check_model(model: Any) -> None:
+    """Refuse what fxquant cannot quantize: non-modules and models it already quantized."""
     if not isinstance(model, nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}.")
     if is_quantized(model):
@@ -224,15 +230,20 @@ def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.Gr
             f"{what} was already quantized by fxquant; quantize the original float model "
             "instead."
         )
-    inputs = as_input_tuple(example_inputs)
+
+
+def capture(model: nn.Module, example_inputs: Any, config: QuantConfig) -> fx.GraphModule:
+    """A GraphModule of a copy of ``model`` in eval mode, checked against ``example_inputs``.
+
+    The copy shares the user's parameters (read, never written: see ``regions.shell``).
+    ``gm.meta["fxquant"]["capture"]`` says which method captured it.
+    """
+    check_model(model)
+    inputs = as_model_inputs(example_inputs)
     # Everything below runs on a copy in eval mode: even the trial run would update a training
     # model's BatchNorm statistics.
-    work = copy.deepcopy(model).eval()
-    # The copy shares the user's hook functions; they must not fire during capture (side effects
-    # on the user's state), and the quantized model does not run them.
-    for module in work.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
-            hooks.clear()
+    work = share_copy(model).eval()
+    clear_hooks(work)
     check_example_inputs(work, inputs)
     gm = _capture_graph(work, inputs, config)
     log.info("fxquant: captured %s with %s", type(model).__name__, gm.meta["fxquant"]["capture"])

@@ -16,13 +16,13 @@ from .errors import ConfigError
 Mode = Literal["weight_only", "dynamic", "static"]
 Granularity = Literal["per_channel", "per_tensor"]
 ActObserver = Literal["minmax", "moving_average", "percentile"]
-CaptureMethod = Literal["auto", "symbolic_trace", "export"]
+CaptureMethod = Literal["auto", "symbolic_trace", "export", "regions"]
 
 CONFIG_VERSION = 1
 _MODES = ("weight_only", "dynamic", "static")
 _GRANULARITIES = ("per_channel", "per_tensor")
 _OBSERVERS = ("minmax", "moving_average", "percentile")
-_CAPTURES = ("auto", "symbolic_trace", "export")
+_CAPTURES = ("auto", "symbolic_trace", "export", "regions")
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,14 @@ class QuantConfig:
             skips everything below it.
         leaf_modules: module classes the tracer keeps as opaque calls instead of tracing into.
         min_weight_elements: layers with fewer weights stay float (tiny layers gain nothing).
-        capture: how the model becomes a graph. ``"auto"`` tries ``torch.fx.symbolic_trace`` and
-            falls back to ``torch.export`` (non-strict, dynamic shapes) when tracing fails, as it
-            does for Hugging Face transformers; the other two force one method.
+        capture: how the model becomes graphs. ``"regions"`` keeps a copy of the model's own
+            module tree as the shell and compiles its largest submodules that capture cleanly
+            (a decoder's MLP, each attention projection, ...), so the result is still the user's
+            model class: keyword arguments, KV cache, output dataclasses and ``generate`` work.
+            ``"symbolic_trace"`` / ``"export"`` capture the whole model as one GraphModule.
+            ``"auto"`` (default) uses regions for Hugging Face ``PreTrainedModel``s and, for any
+            other model, whole-model ``symbolic_trace``, then ``torch.export`` (non-strict,
+            dynamic shapes), then regions when both fail.
     """
 
     mode: Mode = "dynamic"

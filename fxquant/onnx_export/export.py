@@ -170,6 +170,8 @@ def export_onnx(
     # keep state from such a run: measured, a MiniLM exported in place gave different embeddings
     # afterwards. The export works on a copy, so the user's model is never changed.
     subject = checks.inspect_model(copy.deepcopy(model))
+    # The validation reference gets a copy of its own, never run under tracing (see above).
+    untraced = checks.inspect_model(copy.deepcopy(model)) if validate else None
     target = checks.check_path(path)
     checks.check_opset_for(subject, opset)
     scheme = resolve_scheme(subject.config, matmul_weights)
@@ -199,11 +201,11 @@ def export_onnx(
     data = proto.SerializeToString()
     mode = subject.config.mode if subject.config else "float"
     report = None
-    if validate:
+    if untraced is not None:
         report = run_validation(
             data,
-            twin_of(subject.model, subject.converted),
-            subject.model,
+            twin_of(untraced.model, untraced.converted),
+            untraced.model,
             inputs,
             in_names,
             out_names,

@@ -21,7 +21,12 @@ from .infra import Pass, PassContext, PassResult, run_passes
 from .insert_observers import run_insert_observers
 from .lower_to_int8 import run_lower_to_int8
 
-PREPARE: tuple[Pass, ...] = (run_canonicalize, run_annotate, run_insert_observers)
+# Region-wise capture runs PREPARE in two halves: every region is canonicalized and annotated
+# before any gets observers, so a weight shared across regions (GPT-2's tied wte / lm_head) can be
+# given the one scheme that suits all its users.
+PREPARE_CANONICAL: tuple[Pass, ...] = (run_canonicalize, run_annotate)
+PREPARE_OBSERVE: tuple[Pass, ...] = (run_insert_observers,)
+PREPARE: tuple[Pass, ...] = PREPARE_CANONICAL + PREPARE_OBSERVE
 CALIBRATE: tuple[Pass, ...] = (run_calibrate,)
 CONVERT: tuple[Pass, ...] = (run_lower_to_int8, run_fuse_dequant_matmul, run_cleanup)
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
@@ -31,6 +36,8 @@ __all__ = [
     "CONVERT",
     "PIPELINE",
     "PREPARE",
+    "PREPARE_CANONICAL",
+    "PREPARE_OBSERVE",
     "Pass",
     "PassContext",
     "PassResult",

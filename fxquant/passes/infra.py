@@ -40,6 +40,9 @@ class PassContext:
     timings: dict[str, float] = field(default_factory=dict)
     # Why a candidate node was not rewritten, by pass: [(node name, reason), ...].
     refusals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # Kinds of op ("linear", "embedding", ...) that read a weight (by get_attr target) in *other*
+    # regions of the same model: a tied weight gets the scheme that suits all its users.
+    weight_kinds: dict[str, set[str]] = field(default_factory=dict)
 
     def refuse(self, pass_name: str, node: fx.Node, reason: str) -> None:
         self.refusals.setdefault(pass_name, []).append((node.name, reason))

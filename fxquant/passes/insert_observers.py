@@ -37,7 +37,7 @@ def _observe(
 
 def _weight_observer(
     gm: fx.GraphModule, node: fx.Node, cfg: QuantConfig, observed: dict[str, fx.Node],
-    nodes: list[fx.Node],
+    nodes: list[fx.Node], elsewhere: dict[str, set[str]],
 ) -> fx.Node:
     """The observer node for ``node``'s weight, inserted on first use of that parameter."""
     weight = node.args[1]
@@ -50,10 +50,11 @@ def _weight_observer(
         # to a matmul (GPT-2's lm_head) takes weight_bits, since it feeds the GEMM too. Tied
         # uses may read the parameter through different get_attr nodes: look at all of them.
         readers = [n for n in nodes if getattr(n.args[1], "target", None) == weight.target]
-        only_gathered = all(kind_of(u) == "embedding" for u in readers)
+        kinds = {kind_of(u) for u in readers} | elsewhere.get(weight.target, set())
+        only_gathered = kinds == {"embedding"}
         bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
         # Weights that meet 8-bit activations in the int8 GEMM get saturation-safe scales.
-        feeds_gemm = any(kind_of(u) == "linear" for u in readers)
+        feeds_gemm = "linear" in kinds
         observer = WeightObserver(
             source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel",
             pair_safe=feeds_gemm and cfg.needs_pair_safe_weights,
@@ -84,7 +85,8 @@ def run_insert_observers(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     nodes = _quantized_nodes(gm)
     for node in nodes:
         info = meta(node)
-        info["weight_observer"] = _weight_observer(gm, node, cfg, weights, nodes).target
+        info["weight_observer"] = _weight_observer(gm, node, cfg, weights, nodes,
+                                                  ctx.weight_kinds).target
         if cfg.mode == "static" and info["kind"] in ("linear", "conv"):
             info["act_observer"] = _activation_observer(gm, node, cfg, activations).target
     return PassResult(gm, bool(nodes))

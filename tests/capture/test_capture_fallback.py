@@ -120,16 +120,29 @@ def test_capture_method_can_be_forced():
                          config=fxquant.QuantConfig(capture="symbolic_trace"))
 
 
-def test_when_both_captures_fail_the_error_names_module_and_line():
-    model = ValueBranch()
+def test_when_both_captures_fail_regions_keep_the_python_control_flow():
+    model = ValueBranch().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(fxquant.CaptureError) as info:
-        fxquant.quantize(model, (torch.randn(2, 16),))
-    message = str(info.value)
-    assert "ValueBranch" in message
-    assert "test_capture_fallback.py" in message  # the source line that broke it
-    assert "leaf_modules" in message  # and what to do
+    q = fxquant.quantize(model, (torch.randn(2, 16),))
+    record = fxquant.record_of(q)
+    assert type(q) is ValueBranch and record.capture == "regions"
+    assert [r.name for r in record.regions] == ["fc"]
+    # Why the whole model could not be one graph: the module and the user's line.
+    assert "ValueBranch" in record.whole_model_failure
+    assert "test_capture_fallback.py" in record.whole_model_failure
+    x = torch.randn(4, 16)
+    for sign in (1.0, -1.0):  # both branches still run, in Python
+        xs = x.abs() * sign
+        with torch.no_grad():
+            assert torch.allclose(q(xs), model(xs), atol=0.05)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_when_both_captures_fail_and_whole_capture_is_forced_the_error_names_the_line():
+    with pytest.raises(fxquant.CaptureError) as info:
+        fxquant.quantize(ValueBranch(), (torch.randn(2, 16),),
+                         config=fxquant.QuantConfig(capture="export"))
+    assert "ValueBranch" in str(info.value) and "test_capture_fallback.py" in str(info.value)
 
 
 class AddmmConv1D(nn.Module):

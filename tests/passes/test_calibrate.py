@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fxquant
-from fxquant import QuantConfig, passes
-from fxquant.passes.calibrate import split_batch
+from fxquant import CalibrationError, QuantConfig, passes
+from fxquant.inputs import ModelInputs, as_model_inputs, calibration_batches
 
 
 class TwoInputs(nn.Module):
@@ -52,14 +52,23 @@ def test_observers_record_the_range_of_every_batch():
 
 def test_batch_forms_map_onto_inputs():
     x, y = _example()
-    assert split_batch((x, y, "label"), 2) == ((x, y), {})
-    assert split_batch([x, y], 2) == ((x, y), {})
-    assert split_batch({"x": x}, 2) == ((), {"x": x})
-    assert split_batch(x, 1) == ((x,), {})
+    assert as_model_inputs((x, y)) == ModelInputs((x, y), {})
+    assert as_model_inputs([x, y]) == ModelInputs((x, y), {})
+    assert as_model_inputs({"x": x}) == ModelInputs((), {"x": x})
+    assert as_model_inputs(x) == ModelInputs((x,), {})
+    batches = list(calibration_batches([(x, y, "label")], ModelInputs((x, y))))
+    assert batches[0].args == (x, y)  # (inputs, labels): cut to the example's length
 
     gm = _prepared()
-    _run(gm, [{"x": x, "y": y}, (x, y, torch.tensor([1, 0]))])
+    _run(gm, [(x, y), (x, y, torch.tensor([1, 0]))])
     assert gm.fxq.fc_act_obs.batches == 2
+
+
+def test_a_batch_in_another_form_than_the_example_is_refused():
+    x, y = _example()
+    gm = _prepared()
+    with pytest.raises(CalibrationError, match="batch 1 .* example"):
+        _run(gm, [(x, y), {"x": x, "y": y}])
 
 
 def test_dataloader_of_inputs_and_labels():

@@ -1,0 +1,122 @@
+"""The typed record of how a model was quantized, reachable from the model it describes.
+
+    record = fxquant.record_of(qmodel)
+    print(record.table())            # regions, layers (quantized / float and why), timings
+
+One ``QuantRecord`` per quantized model: which regions were compiled and how each was captured,
+which layers were quantized with which scheme and kernel, which stayed float and why, the config
+and the time each stage took. It is data (``to_dict`` for JSON); nothing reads state back out of
+names or dicts synced by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tabulate import tabulate
+from torch import nn
+
+from .config import QuantConfig
+from .inputs import ModelInputs
+
+RECORD_ATTR = "fxquant_record"
+Stage = str  # "prepared" | "calibrated" | "converted"
+
+
+@dataclass
+class RegionRecord:
+    """A submodule compiled through the passes (``name`` "" is the whole model)."""
+
+    name: str
+    module_type: str
+    capture: str  # "symbolic_trace" | "torch.export"
+
+
+@dataclass
+class FloatModule:
+    """A module holding weight matrices that no region covers, and why."""
+
+    name: str
+    module_type: str
+    reason: str
+
+
+@dataclass
+class LayerRecord:
+    """One quantizable layer: quantized (with its scheme and op) or left float (with a reason)."""
+
+    name: str
+    kind: str  # "linear" | "conv" | "embedding"
+    quantized: bool
+    scheme: str = ""
+    op: str = ""
+    reason: str = ""
+
+
+@dataclass
+class QuantRecord:
+    config: QuantConfig
+    source_class: str
+    stage: Stage = "prepared"
+    capture: str = "regions"  # "symbolic_trace" | "torch.export" | "regions"
+    regions: list[RegionRecord] = field(default_factory=list)
+    float_modules: list[FloatModule] = field(default_factory=list)
+    layers: list[LayerRecord] = field(default_factory=list)
+    tied: list[tuple[str, ...]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    calibration_batches: int = 0
+    # Why the model could not be captured whole, when regions were the fallback.
+    whole_model_failure: str = ""
+    # The example the model was prepared with (to check calibration batches against); dropped
+    # once the model is converted.
+    example: ModelInputs | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def quantized_layers(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.quantized]
+
+    @property
+    def float_layers(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if not layer.quantized]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(dataclasses.replace(self, example=None))
+        out.pop("example")
+        out["config"] = self.config.to_dict()
+        return out
+
+    def table(self) -> str:
+        """Regions, layers and timings as plain-text tables."""
+        head = (f"{self.source_class}: {self.stage}, mode {self.config.mode}, capture "
+                f"{self.capture}, {len(self.quantized_layers)} layers quantized, "
+                f"{len(self.float_layers)} float")
+        parts = [head]
+        if self.capture == "regions":
+            rows = [(r.name or "(model)", r.module_type, r.capture) for r in self.regions]
+            rows += [(f.name, f.module_type, f"float: {f.reason}") for f in self.float_modules]
+            parts.append(tabulate(rows, headers=("region", "type", "capture")))
+        rows = [(layer.name, layer.kind, "int8" if layer.quantized else "float",
+                 layer.scheme or layer.reason, layer.op) for layer in self.layers]
+        parts.append(tabulate(rows, headers=("layer", "kind", "", "scheme / reason", "op")))
+        if self.tied:
+            parts.append("tied (one int8 table): " + "; ".join(" = ".join(t) for t in self.tied))
+        if self.timings:
+            parts.append("timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        return "\n\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def record_of(model: nn.Module) -> QuantRecord | None:
+    """The record of a model fxquant prepared or converted, else None."""
+    record = getattr(model, RECORD_ATTR, None)
+    return record if isinstance(record, QuantRecord) else None
+
+
+def attach(model: nn.Module, record: QuantRecord) -> None:
+    # A plain attribute (not a submodule or buffer): it travels with deepcopy and stays out of
+    # state_dict().
+    object.__setattr__(model, RECORD_ATTR, record)

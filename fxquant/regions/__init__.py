@@ -1,0 +1,1 @@
+"""Region-wise quantization of models that cannot be captured whole (see ``compile``)."""

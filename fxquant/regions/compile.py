@@ -1,0 +1,220 @@
+"""Region-wise quantization: the shell keeps the model's interface, regions go through the passes.
+
+    prepare_regions     shell copy -> example run -> plan regions -> PREPARE passes per region
+    calibrate_regions   calibration batches through the shell (its real forward, keyword args)
+    convert_regions     CONVERT passes per region -> tied tables made one -> float leftovers
+                        cloned away from the user's model
+
+The shell is an instance of the user's own class (a ``GPT2LMHeadModel`` stays one, with its
+``generate``, ``config`` and KV cache); each region is replaced in it by its GraphModule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .. import passes
+from ..config import QuantConfig
+from ..errors import CalibrationError, ExampleInputError
+from ..graph import kind_of, meta
+from ..inputs import ModelInputs, calibration_batches, check_signature
+from ..progress import progress_bar
+from ..record import LayerRecord, QuantRecord, RegionRecord, attach, record_of
+from .plan import plan_regions
+from .shell import clear_hooks, record_calls, set_submodule, share_copy, unshare
+
+log = logging.getLogger("fxquant")
+
+
+def _region_config(config: QuantConfig, name: str) -> QuantConfig:
+    """``config`` with ``skip`` names made relative to the region ``name``."""
+    prefix = name + "."
+    inner = tuple(s[len(prefix):] for s in config.skip if s.startswith(prefix))
+    return config.replace(skip=inner)
+
+
+def _weight_kinds(regions: list[tuple[str, fx.GraphModule]]) -> dict[int, set[str]]:
+    """For every quantized weight parameter (by identity), the kinds of op that read it, across
+    all regions: a table gathered in one region and multiplied in another (GPT-2's ``wte`` and
+    ``lm_head``) must get the scheme that suits both, so it stays one int8 table."""
+    kinds: dict[int, set[str]] = {}
+    for _, gm in regions:
+        for node in gm.graph.nodes:
+            kind = kind_of(node)
+            if not kind or not meta(node).get("quantize") or len(node.args) < 2:
+                continue
+            weight = node.args[1]
+            if isinstance(weight, fx.Node) and weight.op == "get_attr" and _is_param(gm, weight):
+                kinds.setdefault(id(gm.get_parameter(weight.target)), set()).add(kind)
+    return kinds
+
+
+def _call_model(shell: nn.Module, inputs: ModelInputs) -> Any:
+    try:
+        return record_calls(shell, inputs)
+    except Exception as exc:
+        raise ExampleInputError(
+            f"{type(shell).__name__} failed on the example inputs {inputs.describe()}: "
+            f"{type(exc).__name__}: {exc}. Pass inputs the model accepts (a tuple for positional "
+            "arguments, a dict or tokenizer output for keyword arguments)."
+        ) from None
+
+
+def prepare_regions(
+    model: nn.Module, inputs: ModelInputs, config: QuantConfig, *, progress: bool | None = None,
+    dump_dir: Any = None,
+) -> nn.Module:
+    """The observed shell: a copy of ``model`` whose regions carry observers."""
+    start = time.perf_counter()
+    check_signature(model, inputs)
+    shell = share_copy(model).eval()
+    clear_hooks(shell)
+    _, calls = _call_model(shell, inputs)
+    plans, floats = plan_regions(shell, calls, config)
+    record = QuantRecord(config=config, source_class=type(model).__name__,
+                         float_modules=floats)
+    record.timings["capture"] = time.perf_counter() - start
+    start = time.perf_counter()
+    prepared: list[tuple[str, fx.GraphModule]] = []
+    for plan in progress_bar(plans, "fxquant: capture regions", progress):
+        gm = plan.graph_module
+        ctx = passes.PassContext(config=_region_config(config, plan.name), dump_dir=dump_dir)
+        gm = passes.run_passes(gm, passes.PREPARE_CANONICAL, ctx)
+        prepared.append((plan.name, gm))
+        record.regions.append(RegionRecord(plan.name, type(shell.get_submodule(plan.name)).__name__,
+                                           plan.capture))
+    kinds = _weight_kinds(prepared)
+    for name, gm in prepared:
+        ctx = passes.PassContext(config=_region_config(config, name), dump_dir=dump_dir)
+        ctx.weight_kinds = {n.target: kinds.get(id(gm.get_parameter(n.target)), set())
+                            for n in gm.graph.nodes if n.op == "get_attr" and _is_param(gm, n)}
+        gm = passes.run_passes(gm, passes.PREPARE_OBSERVE, ctx)
+        gm.meta.setdefault("fxquant", {}).update(region=name, stage="prepared")
+        set_submodule(shell, name, gm)
+    record.timings["prepare"] = time.perf_counter() - start
+    record.example = inputs
+    attach(shell, record)
+    return shell
+
+
+def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
+    try:
+        gm.get_parameter(node.target)
+    except AttributeError:
+        return False
+    return True
+
+
+def region_modules(shell: nn.Module) -> list[tuple[str, fx.GraphModule]]:
+    record = record_of(shell)
+    assert record is not None
+    return [(r.name, shell.get_submodule(r.name)) for r in record.regions]
+
+
+def calibrate_regions(shell: nn.Module, batches: Iterable[Any], *, progress: bool | None) -> int:
+    """Run calibration batches through the observed shell; returns how many ran."""
+    record = record_of(shell)
+    assert record is not None
+    start = time.perf_counter()
+    count = 0
+    with torch.no_grad():
+        for inputs in progress_bar(calibration_batches(batches, record.example),
+                                   "fxquant: calibrate", progress):
+            inputs.call(shell)
+            count += 1
+    record.calibration_batches += count
+    record.stage = "calibrated"
+    record.timings["calibrate"] = record.timings.get("calibrate", 0.0) + (
+        time.perf_counter() - start)
+    return count
+
+
+def _layer_records(prefix: str, gm: fx.GraphModule, config: QuantConfig) -> list[LayerRecord]:
+    layers = []
+    for node in gm.graph.nodes:
+        info = node.meta.get("fxquant", {})
+        if "kind" not in info:
+            continue
+        source = info.get("source", "")
+        name = prefix if source in ("weight", "weight_t", "") else f"{prefix}.{source}".strip(".")
+        if info.get("quantize"):
+            bits = config.embedding_bits if info["kind"] == "embedding" else config.weight_bits
+            scheme = f"w{bits} {config.weight_granularity}, {info.get('mode', config.mode)}"
+            op = getattr(node.target, "__name__", str(node.target))
+            layers.append(LayerRecord(name, info["kind"], True, scheme=scheme, op=op))
+        else:
+            layers.append(LayerRecord(name, info["kind"], False, reason=info.get("reason", "")))
+    return layers
+
+
+def _tie_tables(shell: nn.Module) -> list[tuple[str, ...]]:
+    """Make int8 tables with equal contents one tensor (tied weights quantized in two regions).
+
+    Returns the groups of buffer names that now share one tensor."""
+    groups: dict[tuple, list[tuple[nn.Module, str, str]]] = {}
+    for mod_name, module in shell.named_modules():
+        for buf_name, buf in module._buffers.items():
+            if buf is not None and buf.dtype == torch.int8 and buf.dim() == 2:
+                key = (tuple(buf.shape), int(buf[:4].sum()), int(buf[-4:].sum()))
+                groups.setdefault(key, []).append((module, buf_name, f"{mod_name}.{buf_name}"))
+    tied = []
+    for members in groups.values():
+        first_module, first_name, first_path = members[0]
+        first = first_module._buffers[first_name]
+        same = [m for m in members[1:] if torch.equal(m[0]._buffers[m[1]], first)]
+        for module, buf_name, _ in same:
+            module._buffers[buf_name] = first
+        if same:
+            tied.append((first_path, *(m[2] for m in same)))
+    return tied
+
+
+def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
+    """The int8 model: every region of ``observed`` lowered and fused; ``observed`` unchanged."""
+    source = record_of(observed)
+    assert source is not None
+    if source.config.mode == "static" and not source.calibration_batches:
+        raise CalibrationError(
+            "static mode needs calibration data: pass calibration=[batch, ...] (or a DataLoader) "
+            "to fxquant.quantize, or use mode='dynamic', which needs none."
+        )
+    start = time.perf_counter()
+    user_params = {id(p) for p in observed.parameters()}
+    shell = share_copy(observed)
+    record = dataclasses.replace(source, regions=list(source.regions), layers=[],
+                                 timings=dict(source.timings), example=None)
+    for name, gm in progress_bar(region_modules(shell), "fxquant: convert regions", progress):
+        ctx = passes.PassContext(config=_region_config(source.config, name))
+        gm = passes.run_passes(gm, passes.CONVERT, ctx)
+        # What the ONNX export and older readers look up on a converted GraphModule.
+        gm.meta["fxquant"].update(stage="converted", config=source.config, capture="regions",
+                                  source_class=source.source_class, region=name)
+        set_submodule(shell, name, gm)
+        record.layers += _layer_records(name, gm, source.config)
+    record.tied = _tie_tables(shell)
+    unshare(shell, user_params)
+    record.stage = "converted"
+    record.timings["convert"] = time.perf_counter() - start
+    attach(shell, record)
+    return shell
+
+
+def whole_model_record(gm: fx.GraphModule) -> QuantRecord:
+    """The record of a model captured whole (one region: the model)."""
+    info = gm.meta["fxquant"]
+    config: QuantConfig = info["config"]
+    source_class = info.get("source_class", type(gm).__name__)
+    return QuantRecord(
+        config=config, source_class=source_class, stage=info.get("stage", "converted"),
+        capture=info["capture"], regions=[RegionRecord("", source_class, info["capture"])],
+        layers=_layer_records("", gm, config), timings=dict(info.get("timings", {})),
+        calibration_batches=info.get("calibration_batches", 0),
+    )

@@ -1,0 +1,91 @@
+"""The shell: a copy of the user's module tree that shares (reads, never writes) its weights.
+
+Quantizing an LLM must not deep-copy its float weights: that alone doubled peak memory. The shell
+copies every module object and buffer but *shares* the user's ``nn.Parameter`` objects; passes
+read them to compute int8 codes and never write them. Whatever float parameter is still shared when
+conversion ends (LayerNorms, a skipped layer) is cloned then (``unshare``), so the returned model
+and the user's model never alias.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..inputs import ModelInputs
+
+
+def share_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are the user's own objects (not copied)."""
+    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+    return copy.deepcopy(model, memo)
+
+
+def clear_hooks(model: nn.Module) -> None:
+    """The copy shares the user's hook functions; they must not fire during capture (side effects
+    on the user's state), and the quantized model does not run them."""
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
+            hooks.clear()
+
+
+def unshare(model: nn.Module, user_params: set[int]) -> int:
+    """Replace every parameter of ``model`` that is one of the user's by a clone (ties kept).
+
+    Returns how many tensors were cloned.
+    """
+    clones: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or id(p) not in user_params:
+                continue
+            if id(p) not in clones:
+                clones[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+            module._parameters[name] = clones[id(p)]
+    return len(clones)
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def record_calls(model: nn.Module, inputs: ModelInputs, max_calls: int = 2) -> tuple[
+        Any, dict[str, list[ModelInputs]]]:
+    """Run ``model`` once on ``inputs``; returns its output and, for every submodule that holds
+    weight matrices, the arguments of its first ``max_calls`` calls (used to check captures)."""
+    calls: dict[str, list[ModelInputs]] = {}
+    handles = []
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen = calls.setdefault(name, [])
+            if len(seen) < max_calls:
+                seen.append(ModelInputs(tuple(args), dict(kwargs)))
+        return record
+
+    for name, module in model.named_modules():
+        if holds_matrices(module):
+            handles.append(module.register_forward_pre_hook(hook(name), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            output = inputs.call(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return output, calls
+
+
+def holds_matrices(module: nn.Module) -> bool:
+    """Whether ``module`` or anything below it holds a float weight of 2 or more dimensions."""
+    return any(p.dim() >= 2 and p.is_floating_point() for p in module.parameters())
+
+
+def own_matrices(module: nn.Module) -> list[str]:
+    """Names of the weight matrices ``module`` holds itself (not through a child)."""
+    return [n for n, p in module.named_parameters(recurse=False)
+            if p.dim() >= 2 and p.is_floating_point()]
