@@ -60,6 +60,9 @@ def reduce_min_max(
     """Min and max of ``x`` over everything (axis None) or per slice along ``axis``."""
     if axis is None:
         return torch.aminmax(x.detach())
+    if axis == 0 and x.dim() == 2:
+        # Reduces a transposed view (GPT-2's Conv1D weight) in place, without a contiguous copy.
+        return torch.amin(x.detach(), dim=1), torch.amax(x.detach(), dim=1)
     flat = x.detach().transpose(0, axis).reshape(x.shape[axis], -1)
     return torch.aminmax(flat, dim=1)
 
@@ -191,16 +194,29 @@ def pair_sums(codes_or_weight: torch.Tensor) -> torch.Tensor:
     return (w[..., 0::2] + w[..., 1::2]).abs()
 
 
+def kernel_pair_sums(codes_or_weight: torch.Tensor) -> torch.Tensor:
+    """The pair sums an AVX2 int8 kernel forms from a weight, one row per output channel.
+
+    A matmul weight ``[N, K]`` pairs adjacent K. A conv weight ``[O, C/groups, *kernel]`` pairs
+    adjacent input channels at each kernel tap, each group's channels padded to even: oneDNN's
+    channels-last int8 convolution (``fxquant.kernels.conv``), as measured with its AVX2 kernels.
+    """
+    w = codes_or_weight
+    if w.dim() > 2:
+        return pair_sums(w.movedim(1, -1)).reshape(w.shape[0], -1)
+    return pair_sums(w.reshape(w.shape[0], -1))
+
+
 def pair_safe_scale(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Per-row scales raised just enough that no adjacent pair of codes sums past
-    ``PAIR_SUM_LIMIT`` in magnitude.
+    """Per-row scales raised just enough that no pair of codes the kernel adds in 16 bits
+    (:func:`kernel_pair_sums`) sums past ``PAIR_SUM_LIMIT`` in magnitude.
 
     Rounding moves each code by at most 1/2, so requiring ``|w0 + w1| / scale <= LIMIT - 1``
     guarantees ``|c0 + c1| <= LIMIT`` for the rounded codes. Most rows keep their min-max scale;
     rows with a large same-sign pair lose a fraction of a bit, instead of every row losing a whole
     bit (7-bit weights) or the activations losing one (reduce_range).
     """
-    peak = pair_sums(weight.reshape(weight.shape[0], -1)).amax(dim=1)
+    peak = kernel_pair_sums(weight).amax(dim=1)
     return torch.maximum(scale, peak / (PAIR_SUM_LIMIT - 1))
 
 
@@ -228,5 +244,25 @@ def quantize_weight(
         if not (symmetric and per_channel and axis == 0):
             raise ValueError("pair_safe needs symmetric per-channel weights along axis 0")
         scale = pair_safe_scale(w, scale)
-    codes = quantize(w, scale, zero_point, weight_qrange(bits, symmetric), torch.int8, axis=axis)
-    return QuantizedWeight(codes.contiguous(), scale.contiguous(), zero_point.contiguous(), axis)
+    qr = weight_qrange(bits, symmetric)
+    if axis != 0:
+        codes = quantize(w, scale, zero_point, qr, torch.int8, axis=axis)
+        return QuantizedWeight(codes.contiguous(), scale.contiguous(), zero_point.contiguous(),
+                               axis)
+    # Row blocks of ~4M weights: the float temporaries of rounding stay a few MB, not several
+    # times an LLM's embedding table.
+    codes = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, w[0].numel()))
+    scale_rows = _channel_view(scale, w.dim(), 0)
+    zp_rows = _channel_view(zero_point, w.dim(), 0)
+    for start in range(0, w.shape[0], rows):
+        block = slice(start, start + rows)
+        # quantize(), computed in place on one temporary: round(w / scale) + zp, clamped.
+        t = torch.div(w[block], scale_rows[block]).round_()
+        if not symmetric:
+            t.add_(zp_rows[block])
+        codes[block] = t.clamp_(qr.qmin, qr.qmax)
+    return QuantizedWeight(codes, scale.contiguous(), zero_point.contiguous(), axis)
+
+
+_BLOCK_ELEMENTS = 1 << 22

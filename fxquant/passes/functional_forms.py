@@ -6,7 +6,7 @@ Used by the canonicalize pass. A graph from ``torch.fx.symbolic_trace`` spells a
 (returning the reason when it refuses) and rewrites it to ``F.linear(x, W, b)`` /
 ``F.conv1d|2d`` / ``F.embedding(ids, W)`` with the weight as a ``get_attr``. A weight stored
 transposed (GPT-2's ``Conv1D`` keeps ``[in, out]`` and computes ``addmm(b, x, W)``) gets a
-transposed copy registered beside it, once, under ``<name>_t``.
+transposed view registered beside it, once, under ``<name>_t``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def transposed_weight(gm: fx.GraphModule, weight: fx.Node) -> fx.Node:
     owner_path, _, name = target.rpartition(".")
     owner = fetch_attr(gm, owner_path) if owner_path else gm
     if not hasattr(owner, name):
-        tensor = fetch_attr(gm, weight.target).detach().t().contiguous()
+        # A view, not a copy: quantizing an LLM must not hold a second float copy of its
+        # weights (lowering writes the int8 codes contiguous).
+        tensor = fetch_attr(gm, weight.target).detach().t()
         owner.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
     with gm.graph.inserting_after(weight):
         return gm.graph.get_attr(target)

@@ -28,8 +28,16 @@ from ..graph import kind_of, meta
 from ..inputs import ModelInputs, calibration_batches, check_signature
 from ..progress import progress_bar
 from ..record import LayerRecord, QuantRecord, RegionRecord, attach, record_of
+from .layer_region import as_layer_region
 from .plan import plan_regions
-from .shell import clear_hooks, record_calls, set_submodule, share_copy, unshare
+from .shell import (
+    clear_hooks,
+    own_matrices,
+    record_calls,
+    set_submodule,
+    share_copy,
+    unshare,
+)
 
 log = logging.getLogger("fxquant")
 
@@ -98,6 +106,9 @@ def prepare_regions(
                             for n in gm.graph.nodes if n.op == "get_attr" and _is_param(gm, n)}
         gm = passes.run_passes(gm, passes.PREPARE_OBSERVE, ctx)
         gm.meta.setdefault("fxquant", {}).update(region=name, stage="prepared")
+        layer = shell.get_submodule(name)
+        if own_matrices(layer) == ["weight"] and not any(True for _ in layer.children()):
+            gm.meta["fxquant"]["layer_weight_shape"] = tuple(layer.weight.shape)
         set_submodule(shell, name, gm)
     record.timings["prepare"] = time.perf_counter() - start
     record.example = inputs
@@ -193,7 +204,10 @@ def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.
                                  timings=dict(source.timings), example=None)
     for name, gm in progress_bar(region_modules(shell), "fxquant: convert regions", progress):
         ctx = passes.PassContext(config=_region_config(source.config, name))
+        shape = gm.meta["fxquant"].get("layer_weight_shape")
         gm = passes.run_passes(gm, passes.CONVERT, ctx)
+        if shape is not None:
+            gm = as_layer_region(gm, torch.Size(shape))
         # What the ONNX export and older readers look up on a converted GraphModule.
         gm.meta["fxquant"].update(stage="converted", config=source.config, capture="regions",
                                   source_class=source.source_class, region=name)

@@ -80,12 +80,17 @@ def record_calls(model: nn.Module, inputs: ModelInputs, max_calls: int = 2) -> t
     return output, calls
 
 
+def _is_matrix(name: str, p: torch.Tensor) -> bool:
+    # A matmul or conv weight: 2-D, or a named weight of more dimensions. Other N-D parameters
+    # (ViT's cls_token and position embeddings) are added, not multiplied: nothing to quantize.
+    return p.is_floating_point() and (p.dim() == 2 or (p.dim() > 2 and "weight" in name))
+
+
 def holds_matrices(module: nn.Module) -> bool:
-    """Whether ``module`` or anything below it holds a float weight of 2 or more dimensions."""
-    return any(p.dim() >= 2 and p.is_floating_point() for p in module.parameters())
+    """Whether ``module`` or anything below it holds a weight matrix (see ``_is_matrix``)."""
+    return any(_is_matrix(n.rpartition(".")[2], p) for n, p in module.named_parameters())
 
 
 def own_matrices(module: nn.Module) -> list[str]:
     """Names of the weight matrices ``module`` holds itself (not through a child)."""
-    return [n for n, p in module.named_parameters(recurse=False)
-            if p.dim() >= 2 and p.is_floating_point()]
+    return [n for n, p in module.named_parameters(recurse=False) if _is_matrix(n, p)]
