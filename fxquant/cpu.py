@@ -8,6 +8,7 @@ products in 16 bits (``vpmaddubsw``) and can saturate. With AVX-512 VNNI fbgemm 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 
@@ -32,5 +33,19 @@ def fbgemm_saturates() -> bool:
 
 def onnxruntime_saturates() -> bool:
     """True on x86 CPUs with AVX2 but no VNNI, where ONNX Runtime's u8 x s8 GEMM saturates."""
+    f = flags()
+    return "avx2" in f and not f & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) below which its int8 kernels have no VNNI.
+_ONEDNN_ISAS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+
+
+def onednn_saturates() -> bool:
+    """True where oneDNN's u8 x s8 convolution uses ``vpmaddubsw``: no VNNI or AMX on this CPU,
+    or oneDNN limited to such an ISA by its own ``ONEDNN_MAX_CPU_ISA`` variable."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if limit.upper() in _ONEDNN_ISAS_WITHOUT_VNNI:
+        return True
     f = flags()
     return "avx2" in f and not f & {"avx512_vnni", "avx_vnni", "amx_int8"}

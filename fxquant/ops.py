@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from . import numerics
-from .kernels import fbgemm, reference
+from .kernels import conv, fbgemm, reference
 
 _lib = torch.library.Library("fxquant", "DEF")
 _state = threading.local()
@@ -186,3 +186,79 @@ ALL_OPS = (
     *FUSED_LINEAR_OPS,
     embedding,
 )
+
+
+# --- convolutions ----------------------------------------------------------------------------
+# conv_dynamic / conv_static take linear_dynamic's / linear_static's arguments in the same places,
+# then the conv geometry and a fused ReLU; the weight's rank says Conv1d or Conv2d. Batched
+# outputs are channels-last (channel innermost), as oneDNN writes them; the reference path matches.
+
+
+def _fast_conv(x, codes) -> bool:
+    return not getattr(_state, "reference", False) and conv.can_run(x, codes)
+
+
+def _channels_last(y: torch.Tensor) -> torch.Tensor:
+    return y.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def _conv_fake(x, codes, stride, padding, dilation):
+    batched = x.dim() == codes.dim()
+    spatial = x.shape[2:] if batched else x.shape[1:]
+    out = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(spatial, codes.shape[2:], stride, padding, dilation, strict=True)
+    ]
+    if not batched:
+        return x.new_empty((codes.shape[0], *out))
+    return x.new_empty((x.shape[0], *out, codes.shape[0])).movedim(-1, 1)
+
+
+def _conv_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool, stride, padding,
+                  dilation, groups: int, relu: bool):
+    if _fast_conv(x, codes):
+        geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        y = conv.conv_dynamic(x, codes, scale, zero_point, bias, reduce_range, geometry, relu)
+        if y is not None:
+            return y
+    y = reference.conv_dynamic(x, codes, scale, zero_point, bias, reduce_range, stride, padding,
+                               dilation, groups, relu)
+    return _channels_last(y) if x.dim() == codes.dim() else y
+
+
+_define(
+    "conv_dynamic(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, Tensor? bias, "
+    "bool reduce_range, int[] stride, int[] padding, int[] dilation, int groups, bool relu) "
+    "-> Tensor",
+    _conv_dynamic,
+    lambda x, codes, s, z, b, rr, stride, padding, dilation, g, relu: _conv_fake(
+        x, codes, stride, padding, dilation),
+)
+
+
+def _conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
+                 zero_point, bias, stride, padding, dilation, groups: int, relu: bool):
+    if _fast_conv(x, codes):
+        geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
+        y = conv.conv_static(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point,
+                             bias, geometry, relu)
+        if y is not None:
+            return y
+    y = reference.conv_static(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point,
+                              bias, stride, padding, dilation, groups, relu)
+    return _channels_last(y) if x.dim() == codes.dim() else y
+
+
+_define(
+    "conv_static(Tensor x, float x_scale, int x_zero_point, bool reduce_range, Tensor codes, "
+    "Tensor scale, Tensor zero_point, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+    "int groups, bool relu) -> Tensor",
+    _conv_static,
+    lambda x, xs, xz, rr, codes, s, z, b, stride, padding, dilation, g, relu: _conv_fake(
+        x, codes, stride, padding, dilation),
+)
+
+conv_dynamic = torch.ops.fxquant.conv_dynamic.default
+conv_static = torch.ops.fxquant.conv_static.default
+FUSED_CONV_OPS = (conv_dynamic, conv_static)
+ALL_OPS = (*ALL_OPS, *FUSED_CONV_OPS)

@@ -87,7 +87,7 @@ def test_static_mode_with_each_activation_observer(observer):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_conv_net_quantizes_through_dequantize_and_float_conv(mode):
+def test_conv_net_quantizes_with_int8_convs(mode):
     # Measured 0.016 (dynamic), 0.023 (static), 0.005 (weight_only).
     model = SmallConvNet(8).eval()
 
@@ -96,8 +96,15 @@ def test_conv_net_quantizes_through_dequantize_and_float_conv(mode):
 
     qmodel = fxquant.quantize(model, batch(0), calibration=[batch(s) for s in range(1, 4)],
                               config=QuantConfig(mode=mode))
-    reasons = [r for _, r in qmodel.meta["fxquant"]["refusals"]["fuse"]]
-    assert reasons == ["no fused int8 conv kernel; runs dequantize + float conv"] * 2
+    reasons = [r for _, r in qmodel.meta["fxquant"]["refusals"].get("fuse", [])]
+    convs = [n for n in qmodel.graph.nodes if n.target in ops.FUSED_CONV_OPS]
+    if mode == "weight_only":
+        assert reasons == ["weight-only conv: no int8 conv kernel takes float activations; "
+                           "dequantize + conv"] * 2
+        assert convs == []
+    else:  # both convs run the int8 kernel, each with its ReLU fused
+        assert reasons == []
+        assert [n.args[-1] for n in convs] == [True, True]
     assert sum(n.target is FUSED[mode] for n in qmodel.graph.nodes) == 1  # the fc head
     assert qmodel.state_dict()["fxq.conv1_w_int8"].dtype == torch.int8
     x = batch(10)

@@ -57,3 +57,35 @@ def embedding(indices: torch.Tensor, codes, scale, zero_point) -> torch.Tensor:
     """Gather rows of an int8 table, then dequantize only the rows gathered."""
     rows = codes[indices].float()  # gathers int8 rows; the table is never converted whole
     return (rows - zero_point[indices].unsqueeze(-1)) * scale[indices].unsqueeze(-1)
+
+
+def conv_int8_weight(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv1d`` / ``F.conv2d`` (by the weight's rank) with a dequantized int8 weight."""
+    weight = numerics.dequantize(codes, scale, zero_point, axis=0)
+    conv = F.conv1d if codes.dim() == 3 else F.conv2d
+    return conv(x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool, stride, padding,
+                 dilation, groups: int, relu: bool) -> torch.Tensor:
+    y = conv_int8_weight(fake_quantize_dynamic(x, reduce_range), codes, scale, zero_point, bias,
+                         stride, padding, dilation, groups)
+    return torch.relu(y) if relu else y
+
+
+def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
+                zero_point, bias, stride, padding, dilation, groups: int,
+                relu: bool) -> torch.Tensor:
+    xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
+    y = conv_int8_weight(xq, codes, scale, zero_point, bias, stride, padding, dilation, groups)
+    return torch.relu(y) if relu else y

@@ -29,6 +29,8 @@ _REDUCE_RANGE_ARG = {
     ops.fake_quantize_dynamic: 1,
     ops.linear_static: 3,
     ops.quantize_activation: 3,
+    ops.conv_dynamic: 5,
+    ops.conv_static: 3,
 }
 
 
@@ -42,7 +44,7 @@ def _full_range(node: fx.Node) -> None:
 
 def _static_bias(node: fx.Node) -> tuple[fx.Node, float, fx.Node] | None:
     """(bias get_attr, activation scale, weight-scale get_attr) of a static linear or conv."""
-    if node.target is ops.linear_static:
+    if node.target in (ops.linear_static, ops.conv_static):  # the same argument positions
         bias, x_scale, w_scale = node.args[7], node.args[1], node.args[5]
     elif node.target in CONV_FNS and len(node.args) > 2:
         x, w, bias = node.args[:3]

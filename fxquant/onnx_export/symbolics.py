@@ -16,6 +16,11 @@ Placeholders (inputs | attributes; ``bias`` is omitted when the op has none):
     fake_quantize_dynamic  x | reduce_range
     quantize_activation    x | scale, zero_point, reduce_range
     dequantize_activation  q | scale, zero_point
+
+The fused convolutions are written as the placeholders of their unfused form plus a standard
+``Conv`` (and ``Relu``), exactly what an unfused conv exports as:
+    conv_dynamic   fake_quantize_dynamic(x), dequantize_weight(codes) -> Conv [+ Relu]
+    conv_static    dequantize_activation(quantize_activation(x)), dequantize_weight -> Conv [+ Relu]
 """
 
 from __future__ import annotations
@@ -126,6 +131,31 @@ def dequantize_activation(g, q, scale, zero_point):
     return _set_type(out, q, torch.float32, sh._get_tensor_sizes(q))
 
 
+def _conv(g, x, w, codes, bias, stride, padding, dilation, groups, relu):
+    pads = _const(padding, "is", "conv padding")
+    kernel = sh._get_tensor_sizes(codes)
+    shape = {} if kernel is None or None in kernel else {"kernel_shape_i": kernel[2:]}
+    y = g.op("Conv", *_tensors(x, w, bias), strides_i=_const(stride, "is", "conv stride"),
+             pads_i=pads + pads, dilations_i=_const(dilation, "is", "conv dilation"),
+             group_i=_const(groups, "i", "conv groups"), **shape)
+    return g.op("Relu", y) if _const(relu, "b", "relu") else y
+
+
+def conv_dynamic(g, x, codes, scale, zero_point, bias, reduce_range, stride, padding, dilation,
+                 groups, relu):
+    xq = fake_quantize_dynamic(g, x, reduce_range)
+    w = dequantize_weight(g, codes, scale, zero_point, 0)
+    return _conv(g, xq, w, codes, bias, stride, padding, dilation, groups, relu)
+
+
+def conv_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias, stride,
+                padding, dilation, groups, relu):
+    q = quantize_activation(g, x, x_scale, x_zero_point, reduce_range)
+    xq = dequantize_activation(g, q, x_scale, x_zero_point)
+    w = dequantize_weight(g, codes, scale, zero_point, 0)
+    return _conv(g, xq, w, codes, bias, stride, padding, dilation, groups, relu)
+
+
 def aten_diff(g, self, n, dim, prepend, append):
     """``torch.diff`` (first order), which the TorchScript exporter lacks and Hugging Face
     GPT-2's position handling uses: ``x[1:] - x[:-1]`` along ``dim`` after the concatenations."""
@@ -170,6 +200,8 @@ SYMBOLICS: dict[str, Callable[..., _Value]] = {
     "fxquant::fake_quantize_dynamic": fake_quantize_dynamic,
     "fxquant::quantize_activation": quantize_activation,
     "fxquant::dequantize_activation": dequantize_activation,
+    "fxquant::conv_dynamic": conv_dynamic,
+    "fxquant::conv_static": conv_static,
 }
 
 

@@ -4,7 +4,9 @@ Requires: a lowered graph (``lower_to_int8``).
 Guarantees: every ``F.linear`` whose weight is ``dequantize_weight(...)`` along axis 0 becomes one
 ``fxquant.linear_dynamic`` / ``linear_static`` / ``linear_weight_only`` call (chosen by the form
 of its input: ``fake_quantize_dynamic``, ``dequantize_activation(quantize_activation(x))`` or a
-plain float tensor), and every ``F.embedding`` on a dequantized table becomes
+plain float tensor); every ``F.conv1d`` / ``F.conv2d`` likewise becomes ``fxquant.conv_dynamic`` /
+``conv_static`` (a weight-only conv stays dequantize + conv: no int8 kernel takes float
+activations); and every ``F.embedding`` on a dequantized table becomes
 ``fxquant.embedding``, which dequantizes only the rows it gathers. The fused op reads the same int8
 buffers and computes the same function as the pattern it replaces (parity-tested against the
 reference kernels). Nodes left unfused get a reason in ``ctx.refusals["fuse"]``.
@@ -16,10 +18,13 @@ Each rewrite is pattern -> check -> rewrite; a check returns the reason it refus
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.fx as fx
 
 from .. import ops
-from ..graph import kind_of, meta
+from ..graph import fetch_attr, kind_of, meta
+from .conv_args import BIAS, ConvGeometry, conv_arg, conv_geometry
 from .infra import PassContext, PassResult
 
 PASS = "fuse"
@@ -85,8 +90,46 @@ def rewrite_embedding(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
         return gm.graph.call_function(ops.embedding, (node.args[0], codes, scale, zp))
 
 
+def _conv_geometry(node: fx.Node) -> ConvGeometry | str:
+    weight = _weight_args(node)
+    if isinstance(weight, str):
+        return weight
+    codes = fetch_attr(node.graph.owning_module, str(weight[0].target))
+    return conv_geometry(node, tuple(codes.shape[2:]))
+
+
+def check_conv(node: fx.Node) -> str | None:
+    if node.kwargs:
+        return "conv called with keyword arguments"
+    geometry = _conv_geometry(node)
+    if isinstance(geometry, str):
+        return geometry
+    if _activation_form(node.args[0])[0] == "weight_only":
+        return "weight-only conv: no int8 conv kernel takes float activations; dequantize + conv"
+    return None
+
+
+def rewrite_conv(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """``F.conv*(act, dequantize_weight(...), bias, ...)`` -> ``conv_dynamic`` / ``conv_static``
+    (ReLU not fused yet: ``fuse_conv_relu`` does that)."""
+    codes, scale, zp = _weight_args(node)
+    g = cast(ConvGeometry, _conv_geometry(node))  # check_conv has accepted the node
+    geometry = (g.stride, g.padding, g.dilation, g.groups, False)
+    bias = conv_arg(node, BIAS)
+    form, act = _activation_form(node.args[0])
+    if form == "dynamic":
+        x, rr = act
+        target, args = ops.conv_dynamic, (x, codes, scale, zp, bias, rr, *geometry)
+    else:
+        x, x_scale, x_zp, rr = act
+        target, args = ops.conv_static, (x, x_scale, x_zp, rr, codes, scale, zp, bias, *geometry)
+    with gm.graph.inserting_before(node):
+        return gm.graph.call_function(target, args)
+
+
 _RULES = {
     "linear": (check_linear, rewrite_linear),
+    "conv": (check_conv, rewrite_conv),
     "embedding": (check_embedding, rewrite_embedding),
 }
 

@@ -53,8 +53,8 @@ def _weight_observer(
         kinds = {kind_of(u) for u in readers} | elsewhere.get(weight.target, set())
         only_gathered = kinds == {"embedding"}
         bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
-        # Weights that meet 8-bit activations in the int8 GEMM get saturation-safe scales.
-        feeds_gemm = "linear" in kinds
+        # Weights that meet 8-bit activations in an int8 GEMM or conv get saturation-safe scales.
+        feeds_gemm = bool(kinds & {"linear", "conv"})
         observer = WeightObserver(
             source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel",
             pair_safe=feeds_gemm and cfg.needs_pair_safe_weights,

@@ -86,9 +86,11 @@ def test_quantized_linears_become_one_fused_op(mode):
             assert x.target not in (ops.dequantize_activation, ops.quantize_activation)
             assert isinstance(x_scale, float) and isinstance(x_zp, int)
             assert rr is QuantConfig().reduce_range
-    # Only the unfused conv and keyword-bias linear still quantize their input separately.
+    # Only the keyword-bias linear still quantizes its input separately (the conv is fused too).
     live_q = [n for n in _calls(gm, ops.quantize_activation) if any(d.users for d in n.users)]
-    assert len(live_q) == (2 if mode == "static" else 0)
+    assert len(live_q) == (1 if mode == "static" else 0)
+    conv_op = {"dynamic": ops.conv_dynamic, "static": ops.conv_static}.get(mode)
+    assert [_source(n) for n in _calls(gm, conv_op)] == ([] if conv_op is None else ["conv"])
     (emb,) = _calls(gm, ops.embedding)
     assert [a.target for a in emb.args[1:]] == ["fxq.emb_w_int8", "fxq.emb_w_scale", "fxq.emb_w_zp"]
 
@@ -111,24 +113,27 @@ def test_negative_cases_stay_unfused():
     assert kw.args[1].target is ops.dequantize_weight
     assert linears == {}
 
-    # The conv stays dequantize + conv.
+    # The conv is fused and takes the raw activation (the transpose), not its fake-quantized form.
+    assert not _calls(gm, F.conv1d)
+    (conv,) = _calls(gm, ops.conv_dynamic)
+    assert conv.args[0].target == "transpose"
+
+    assert ctx.refusals["fuse"] == [(kw.name, "F.linear called with keyword arguments")]
+
+
+def test_weight_only_conv_stays_dequantize_plus_conv():
+    gm, ctx = run_upto(Net().eval(), _ids(), QuantConfig(mode="weight_only"),
+                       passes.run_fuse_dequant_matmul)
     (conv,) = _calls(gm, F.conv1d)
     assert conv.args[1].target is ops.dequantize_weight
-    assert conv.args[0].target is ops.fake_quantize_dynamic
-
-    assert sorted(ctx.refusals["fuse"]) == sorted([
-        (conv.name, "no fused int8 conv kernel; runs dequantize + float conv"),
-        (kw.name, "F.linear called with keyword arguments"),
-    ])
+    assert (conv.name, "weight-only conv: no int8 conv kernel takes float activations; "
+            "dequantize + conv") in ctx.refusals["fuse"]
 
 
 def test_refusals_reach_the_converted_model():
     qmodel = fxquant.quantize(Net().eval(), _ids())
     refusals = qmodel.meta["fxquant"]["refusals"]
-    assert [reason for _, reason in refusals["fuse"]] == [
-        "no fused int8 conv kernel; runs dequantize + float conv",
-        "F.linear called with keyword arguments",
-    ]
+    assert [reason for _, reason in refusals["fuse"]] == ["F.linear called with keyword arguments"]
     assert any(r == "weight is computed in the graph, not a parameter"
                for _, r in refusals["annotate"])
 

@@ -69,9 +69,9 @@ def test_weight_observers_become_int8_buffers():
             "bits": QuantConfig().embedding_bits if src == "emb" else QuantConfig().weight_bits,
             "symmetric": True,
             "per_channel": True,
-            # Weights that feed the int8 GEMM get saturation-safe scales; gathered tables and
-            # unfused convs do not.
-            "pair_safe": src in ("fc1", "fc2"),
+            # Weights that feed the int8 GEMM or conv get saturation-safe scales; gathered
+            # tables do not.
+            "pair_safe": src in ("fc1", "fc2", "conv"),
         }
 
     buffers = dict(gm.named_buffers())
