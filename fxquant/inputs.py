@@ -15,6 +15,8 @@ batch must have the example's form: the same keyword names, or positional where 
 from __future__ import annotations
 
 import inspect
+import sys
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,10 +70,10 @@ def check_signature(model: nn.Module, inputs: ModelInputs) -> None:
     except (TypeError, ValueError):  # a builtin forward: nothing to check against
         return
     params = sig.parameters
-    takes_any_keyword = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    unknown = [k for k in inputs.kwargs if k not in named]
-    if unknown and not takes_any_keyword:
+    extra = _extra_keywords(model, params)
+    unknown = [k for k in inputs.kwargs if k not in named and extra is not None and k not in extra]
+    if unknown:
         raise ExampleInputError(
             f"{type(model).__name__}.forward takes no argument named {unknown[0]!r} (it takes "
             f"{', '.join(sorted(named)) or 'no named arguments'}). Remove that key from the input "
@@ -84,6 +86,31 @@ def check_signature(model: nn.Module, inputs: ModelInputs) -> None:
             f"example inputs {inputs.describe()} do not match {type(model).__name__}.forward{sig}: "
             f"{exc}. A tuple is positional arguments, a dict keyword arguments."
         ) from None
+
+
+def _extra_keywords(model: nn.Module, params: Mapping[str, inspect.Parameter]) -> set[str] | None:
+    """The names ``**kwargs`` accepts: none without ``**kwargs``, all (None) for a plain
+    ``**kwargs``, the keys of the TypedDict of an ``**kwargs: Unpack[...]``. A Hugging Face
+    model's ``**kwargs`` takes ``TransformersKwargs`` (it silently ignores anything else, so a
+    misspelt ``attention_mask`` would go unnoticed)."""
+    var = [p for p in params.values() if p.kind is p.VAR_KEYWORD]
+    if not var:
+        return set()
+    args = typing.get_args(var[0].annotation)
+    if args and typing.is_typeddict(args[0]):
+        return _typeddict_keys(args[0])
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        from transformers.utils.generic import TransformersKwargs
+
+        # Decorators take these before forward's own signature does (past_key_values is the
+        # deprecated name of transformers 5's `cache`).
+        return _typeddict_keys(TransformersKwargs) | {"past_key_values", "return_dict"}
+    return None
+
+
+def _typeddict_keys(td: Any) -> set[str]:
+    return set(td.__required_keys__) | set(td.__optional_keys__)
 
 
 def _structure(inputs: ModelInputs) -> tuple[int, tuple[str, ...]]:
