@@ -92,7 +92,6 @@ def unsupported_reason(codes: torch.Tensor, zero_point: torch.Tensor) -> str | N
 def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool) -> torch.Tensor | None:
     if unsupported_reason(codes, zero_point) is not None:
         return None
-    _consume_deprecation_warning()
     stride, padding, dilation, groups = geometry
     ones = torch.ones(codes.shape[0], dtype=torch.float32)  # scales are applied per call
     # The packed layout depends on whether the activation has a zero-point (oneDNN then keeps a
@@ -133,6 +132,7 @@ def clear_cache() -> None:
 
 def quantize(x: torch.Tensor, scale: float, zero_point: int, reduce_range: bool) -> torch.Tensor:
     """uint8 activation codes of ``x`` in ``x``'s memory layout (7-bit when ``reduce_range``)."""
+    _consume_deprecation_warning()
     q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
     # The quint8 storage read as plain uint8: no copy (``int_repr`` would copy, at ~2x the cost
     # of the quantization itself).

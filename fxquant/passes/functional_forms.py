@@ -111,4 +111,6 @@ RULES: dict[object, Callable[[fx.GraphModule, fx.Node], Rewrite | str]] = {
     aten.embedding.default: _embedding_aten,
     aten.conv1d.default: _conv(F.conv1d),
     aten.conv2d.default: _conv(F.conv2d),
+    aten.conv1d.padding: _conv(F.conv1d),  # padding="same" / "valid"
+    aten.conv2d.padding: _conv(F.conv2d),
 }
