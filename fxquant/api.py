@@ -34,7 +34,7 @@ from .regions.compile import (
     prepare_regions,
     whole_model_record,
 )
-from .regions.shell import share_copy, unshare
+from .regions.shell import share_copy, storages, unshare
 
 log = logging.getLogger("fxquant")
 
@@ -187,13 +187,13 @@ def convert(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
     if _is_region_model(observed, "prepared", "convert"):
         return convert_regions(observed, progress=progress)
     source = _stage(observed, "prepared", "convert")
-    user_params = {id(p) for p in source.parameters()}
+    user_storages = storages(source)
     gm = share_copy(source)
     ctx = _context(gm)
     if ctx.config.mode == "static" and "calibration_batches" not in _record(gm):
         passes.run_passes(gm, passes.CALIBRATE, ctx)  # raises the "no calibration data" error
     gm = passes.run_passes(gm, passes.CONVERT, ctx)
-    unshare(gm, user_params)
+    unshare(gm, user_storages)
     record = _record(gm)
     record["stage"] = "converted"
     record["timings"] = {**record.get("timings", {}), **ctx.timings}

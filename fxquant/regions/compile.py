@@ -36,6 +36,7 @@ from .shell import (
     record_calls,
     set_submodule,
     share_copy,
+    storages,
     unshare,
 )
 
@@ -198,7 +199,7 @@ def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.
             "to fxquant.quantize, or use mode='dynamic', which needs none."
         )
     start = time.perf_counter()
-    user_params = {id(p) for p in observed.parameters()}
+    user_storages = storages(observed)
     shell = share_copy(observed)
     record = dataclasses.replace(source, regions=list(source.regions), layers=[],
                                  timings=dict(source.timings), example=None)
@@ -214,7 +215,7 @@ def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.
         set_submodule(shell, name, gm)
         record.layers += _layer_records(name, gm, source.config)
     record.tied = _tie_tables(shell)
-    unshare(shell, user_params)
+    unshare(shell, user_storages)
     record.stage = "converted"
     record.timings["convert"] = time.perf_counter() - start
     attach(shell, record)

@@ -32,19 +32,32 @@ def clear_hooks(model: nn.Module) -> None:
             hooks.clear()
 
 
-def unshare(model: nn.Module, user_params: set[int]) -> int:
-    """Replace every parameter of ``model`` that is one of the user's by a clone (ties kept).
+def storages(model: nn.Module) -> set[int]:
+    """The storages of ``model``'s parameters (to tell later what still aliases them)."""
+    return {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta"}
+
+
+def unshare(model: nn.Module, user_storages: set[int]) -> int:
+    """Clone every parameter or buffer of ``model`` that still aliases the user's weights (a float
+    leftover, a bias moved into ``fxq`` as a detached view). Tensors that were one object stay one.
 
     Returns how many tensors were cloned.
     """
-    clones: dict[int, nn.Parameter] = {}
+    clones: dict[int, torch.Tensor] = {}
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in clones:
+            data = t.detach().clone()
+            clones[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(
+                t, nn.Parameter) else data
+        return clones[id(t)]
+
     for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is None or id(p) not in user_params:
-                continue
-            if id(p) not in clones:
-                clones[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-            module._parameters[name] = clones[id(p)]
+        for table in (module._parameters, module._buffers):
+            for name, t in list(table.items()):
+                if t is not None and t.device.type != "meta" and (
+                        t.untyped_storage().data_ptr() in user_storages):
+                    table[name] = own(t)  # type: ignore[assignment]
     return len(clones)
 
 
