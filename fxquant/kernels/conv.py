@@ -78,19 +78,22 @@ def _consume_deprecation_warning() -> None:
         torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
 
 
-def unsupported_reason(codes: torch.Tensor, zero_point: torch.Tensor) -> str | None:
-    """Why oneDNN cannot compute with these weights on this CPU, or None."""
+def unsupported_reason(codes: torch.Tensor, zero_point: torch.Tensor,
+                       reduce_range: bool = False) -> str | None:
+    """Why oneDNN cannot compute with these weights on this CPU, or None. (7-bit activations
+    cannot saturate a pair: 2 x 127 x 127 < 2^15.)"""
     if bool((zero_point != 0).any()):
         return "asymmetric weights (oneDNN needs weight zero-points of 0)"
-    if cpu.onednn_saturates():
+    if cpu.onednn_saturates() and not reduce_range:
         peak = int(numerics.kernel_pair_sums(codes).amax()) if codes.numel() else 0
         if peak > numerics.PAIR_SUM_LIMIT:
             return "weights are not pair-safe and this CPU's int8 kernel would saturate"
     return None
 
 
-def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool) -> torch.Tensor | None:
-    if unsupported_reason(codes, zero_point) is not None:
+def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool,
+          reduce_range: bool) -> torch.Tensor | None:
+    if unsupported_reason(codes, zero_point, reduce_range) is not None:
         return None
     stride, padding, dilation, groups = geometry
     ones = torch.ones(codes.shape[0], dtype=torch.float32)  # scales are applied per call
@@ -102,11 +105,12 @@ def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool) -> 
     )
 
 
-def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int) -> torch.Tensor | None:
+def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int,
+                  reduce_range: bool = False) -> torch.Tensor | None:
     """oneDNN's packed copy of ``codes`` for this geometry (cached), or None where the reference
     kernel must run (see :func:`unsupported_reason`)."""
     flag = x_zero_point != 0
-    key = (id(codes), id(zero_point), geometry, flag)
+    key = (id(codes), id(zero_point), geometry, flag, reduce_range)
     hit = _CACHE.get(key)
     versions = (codes._version, zero_point._version)
     if (
@@ -117,7 +121,7 @@ def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int) -> t
     ):
         return hit.packed
     entry = _Packed(weakref.ref(codes), weakref.ref(zero_point), versions,
-                    _pack(codes, zero_point, geometry, flag))
+                    _pack(codes, zero_point, geometry, flag, reduce_range))
     with _LOCK:
         for stale in [k for k, e in _CACHE.items() if e.codes() is None]:
             del _CACHE[stale]
@@ -167,7 +171,7 @@ def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes,
                 zero_point, bias, geometry: Geometry, relu: bool) -> torch.Tensor | None:
     """int8 conv with calibrated activation parameters, float32 output (channels-last), or None
     where the reference kernel must run."""
-    packed = packed_weight(codes, zero_point, geometry, x_zero_point)
+    packed = packed_weight(codes, zero_point, geometry, x_zero_point, reduce_range)
     if packed is None:
         return None
     q = quantize(x, x_scale, x_zero_point, reduce_range)

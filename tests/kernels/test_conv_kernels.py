@@ -177,22 +177,23 @@ x = torch.rand(2, 32, 12, 12) * 5.0
 x[:, :, 0, 0] = -0.01
 geometry = ([1, 1], [1, 1], [1, 1], 1)
 lo, hi = float(x.min()), float(x.max())
-s, z = numerics.activation_qparams(lo, hi, False)
 out = {"saturates": cpu.onednn_saturates()}
-for name, pair_safe in (("plain", False), ("pair_safe", True)):
+for name, pair_safe, rr in (("plain", False, False), ("pair_safe", True, False),
+                            ("plain_7bit_act", False, True)):
+    s, z = numerics.activation_qparams(lo, hi, rr)
     qw = numerics.quantize_weight(w, 8, True, True, pair_safe=pair_safe)
     step = s * qw.dequantize().abs().flatten(1).sum(1).reshape(1, -1, 1, 1)
-    args = (x, s, z, False, qw.codes, qw.scale, qw.zero_point, None, *geometry, False)
+    args = (x, s, z, rr, qw.codes, qw.scale, qw.zero_point, None, *geometry, False)
     with ops.reference_kernels():
         ref = ops.conv_static(*args)
-    q = conv.quantize(x, s, z, False)
+    q = conv.quantize(x, s, z, rr)
     packed = torch.ops.onednn.qconv_prepack(qw.codes, qw.scale, s, z, *geometry, None)
     raw = conv._run(q, s, z, packed, qw.scale, qw.zero_point, None,
                     tuple(map(tuple, geometry[:3])) + (1,), False)
     out[name] = {
         "raw_steps": float(((raw - ref).abs() / step).max()),
         "op_steps": float(((ops.conv_static(*args) - ref).abs() / step).max()),
-        "refusal": conv.unsupported_reason(qw.codes, qw.zero_point),
+        "refusal": conv.unsupported_reason(qw.codes, qw.zero_point, rr),
     }
 print(json.dumps(out))
 """
@@ -210,8 +211,9 @@ def test_pair_safe_conv_weights_are_exact_on_avx2_kernels():
     assert out["plain"]["raw_steps"] > 5.0  # measured 8.4: the hazard is real
     assert out["plain"]["refusal"] is not None and "pair-safe" in out["plain"]["refusal"]
     assert out["plain"]["op_steps"] <= 1e-4  # the guard sends it to the reference kernel
-    assert out["pair_safe"]["refusal"] is None
-    assert out["pair_safe"]["raw_steps"] <= 1.0 and out["pair_safe"]["op_steps"] <= 1.0
+    for exact in ("pair_safe", "plain_7bit_act"):  # 7-bit activations cannot saturate either
+        assert out[exact]["refusal"] is None
+        assert out[exact]["raw_steps"] <= 1.0 and out[exact]["op_steps"] <= 1.0
 
 
 # --- end to end --------------------------------------------------------------------------------
