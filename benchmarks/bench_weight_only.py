@@ -1,0 +1,198 @@
+"""Weight-only linear kernels: fp32 vs fxquant's int8 / int4 C++ kernels vs the alternatives.
+
+One ``nn.Linear``-shaped layer at a time (GPT-2 small: 768x768, 768x3072, 3072x768; Llama-ish:
+1024x1024, 1024x2816; shapes are in_features x out_features), x of M rows (M=1 is one decode
+step, M=128 a prefill chunk), at 1 and 2 threads. Candidates:
+
+* ``fp32``: ``F.linear`` with the float weight (MKL);
+* ``fxq_wo_2gemm``: today's ``fxquant.ops.linear_weight_only`` (two 7-bit int8 fbgemm GEMMs);
+* ``int8``: ``fxquant.kernels.weight_only.linear_int8`` (per-channel int8, the C++ kernel);
+* ``int4_g128``: ``linear_int4`` (symmetric 4-bit, groups of 128);
+* ``fp16_fbgemm``: fbgemm's fp16-weight GEMM (``quantized::linear_dynamic_fp16``), a peer;
+* ``int8_fallback``: the PyTorch fallback used when the extension is unavailable.
+
+Timing is interleaved: every round times a batch of calls of each candidate in turn (rotating the
+order), and the table reports the median per-call time over the rounds, so drift and other load on
+the machine hit every candidate alike. A second section times the int8 and int4 kernels' two paths
+(row kernels vs tiled BLAS) around the M threshold. Load average and CPU model go into the JSON.
+
+    python benchmarks/bench_weight_only.py              # ~3 minutes on 2 cores
+    python benchmarks/bench_weight_only.py --quick      # fewer rounds, M=1 and 32 only
+
+Writes benchmarks/results/bench_weight_only.json and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import rel_error, write_json  # noqa: E402
+from fxquant import numerics, ops  # noqa: E402
+from fxquant.kernels import packing  # noqa: E402
+from fxquant.kernels import weight_only as wo  # noqa: E402
+
+SHAPES = ((768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 2816))
+M_VALUES = (1, 8, 32, 128)
+THRESHOLD_SHAPES = ((768, 3072), (3072, 768), (1024, 2816))
+THRESHOLD_M = (8, 12, 16, 24, 32, 64)
+BATCH_S = 2e-3  # each timed batch of calls lasts about this long
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def load_snapshot() -> dict:
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return {"uptime": uptime, "loadavg": list(os.getloadavg())}
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median microseconds per call of each candidate, timed in alternating rounds."""
+    inner = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        inner[name] = max(1, int(BATCH_S / max(time.perf_counter() - t0, 1e-7)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, n = fns[name], inner[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return {name: statistics.median(v) * 1e6 for name, v in times.items()}
+
+
+def layer(k: int, n: int) -> dict:
+    """One layer's weights in every candidate's format (GPT-2-like init: std 0.02)."""
+    w, b = torch.randn(n, k) * 0.02, torch.randn(n) * 0.02
+    q8 = numerics.quantize_weight(w, 8, symmetric=True, per_channel=True)
+    q4 = packing.quantize_groupwise(w, 4, 128, symmetric=True)
+    return {
+        "w": w, "b": b, "q8": q8, "packed4": packing.pack_int4(q4.codes), "q4": q4,
+        "fp16": torch.ops.quantized.linear_prepack_fp16(w, b),
+    }
+
+
+def candidates(lay: dict, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    w, b, q8, q4, packed4 = lay["w"], lay["b"], lay["q8"], lay["q4"], lay["packed4"]
+    return {
+        "fp32": lambda: F.linear(x, w, b),
+        "fxq_wo_2gemm": lambda: ops.linear_weight_only(x, q8.codes, q8.scale, q8.zero_point, b),
+        "int8": lambda: wo.linear_int8(x, q8.codes, q8.scale, b),
+        "int4_g128": lambda: wo.linear_int4(x, packed4, q4.scale, q4.zero_point, 128, b),
+        "fp16_fbgemm": lambda: torch.ops.quantized.linear_dynamic_fp16(x, lay["fp16"]),
+        "int8_fallback": lambda: wo.linear_int8_reference(x, q8.codes, q8.scale, b),
+    }
+
+
+def main_section(threads: int, shapes, m_values, rounds: int) -> list[dict]:
+    rows = []
+    for k, n in shapes:
+        lay = layer(k, n)
+        for m in m_values:
+            x = torch.randn(m, k)
+            fns = candidates(lay, x)
+            ref = fns["fp32"]()
+            med = interleaved_medians(fns, rounds)
+            for name, us in med.items():
+                rows.append({"threads": threads, "shape": f"{k}x{n}", "M": m, "candidate": name,
+                             "median_us": round(us, 1), "speedup_vs_fp32": round(med["fp32"] / us, 2),
+                             "rel_error_vs_fp32": rel_error(fns[name](), ref)})
+    return rows
+
+
+def threshold_section(threads: int, rounds: int) -> list[dict]:
+    """Row kernels vs tiled BLAS for each op around the shipped thresholds."""
+    rows = []
+    for k, n in THRESHOLD_SHAPES:
+        lay = layer(k, n)
+        for m in THRESHOLD_M:
+            x = torch.randn(m, k)
+            fns = {"fp32": candidates(lay, x)["fp32"]}
+            for bits, op in ((8, "int8"), (4, "int4_g128")):
+                for path, rows_min in (("rows", 1 << 30), ("tiled", 0)):
+                    fns[f"{op}_{path}"] = _with_threshold(bits, rows_min, candidates(lay, x)[op])
+            med = interleaved_medians(fns, rounds)
+            rows.append({"threads": threads, "shape": f"{k}x{n}", "M": m,
+                         **{name: round(us, 1) for name, us in med.items()}})
+    return rows
+
+
+def _with_threshold(bits: int, rows_min: int, fn: Callable[[], torch.Tensor]):
+    def run() -> torch.Tensor:
+        previous = wo.tile_min_rows(bits, rows_min)
+        try:
+            return fn()
+        finally:
+            wo.tile_min_rows(bits, previous)
+
+    return run
+
+
+def print_main(rows: list[dict]) -> None:
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        cell = f"{r['median_us']:.0f}" + ("" if r["candidate"] == "fp32"
+                                         else f" ({r['speedup_vs_fp32']:.2f}x)")
+        table.setdefault((r["threads"], r["shape"], r["M"]), {})[r["candidate"]] = cell
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    body = [[*key, *(v.get(c, "") for c in names)] for key, v in table.items()]
+    print(tabulate(body, headers=["threads", "KxN", "M", *[f"{c} us" for c in names]],
+                   tablefmt="github"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, M=1 and 32 only")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--threads", default="1,2")
+    args = parser.parse_args()
+    if not wo.available():
+        raise SystemExit(f"the weight-only extension is not available: {wo.status().detail}")
+    rounds = args.rounds or (11 if args.quick else 41)
+    m_values = (1, 32) if args.quick else M_VALUES
+    torch.manual_seed(0)
+    before = load_snapshot()
+    main_rows, threshold_rows = [], []
+    with torch.no_grad():
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            main_rows += main_section(threads, SHAPES, m_values, rounds)
+            if not args.quick:
+                threshold_rows += threshold_section(threads, rounds)
+    after = load_snapshot()
+    print_main(main_rows)
+    if threshold_rows:
+        print()
+        print(tabulate(threshold_rows, headers="keys", tablefmt="github"))
+    path = write_json("bench_weight_only", {
+        "cpu_model": cpu_model(), "load_before": before, "load_after": after, "rounds": rounds,
+        "tile_min_rows": {"int8": wo.tile_min_rows(8), "int4": wo.tile_min_rows(4)},
+        "rows": main_rows, "threshold_rows": threshold_rows,
+    })
+    print(f"load before: {before['uptime']}\nload after:  {after['uptime']}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+// Row kernels behind fxquant_cpu's weight-only linear ops (AVX2 + FMA).
+//
+// Every function computes output columns n in [n0, n1) for all M rows of a row-major float x, so
+// the caller can split N across threads. Weights are read once per call: a block of weight rows
+// is multiplied with every row of x while it sits in L1.
+#pragma once
+
+#include <cstdint>
+
+namespace fxquant {
+
+// int8 per-output-channel weight: w[n, k] = codes[n * K + k] * scale[n].
+struct Int8Weight {
+  const int8_t* codes;  // [N, K], row-major
+  const float* scale;   // [N]
+  int64_t K;
+};
+
+// int4 group-wise weight: w[n, k] = (q[n, k] - zero_point[n, g]) * scale[n, g], g = k / group.
+// q[n, 2i] is the low nibble of packed[n, i], q[n, 2i + 1] the high nibble.
+struct Int4Weight {
+  const uint8_t* packed;      // [N, K / 2]
+  const float* scale;         // [N, K / group]
+  const uint8_t* zero_point;  // [N, K / group]
+  int64_t K;
+  int64_t group;  // a multiple of 32
+};
+
+// The output block y[0:M, n0:n1] (row stride ldy) of x[M, K] @ w^T, plus bias[n] when not null.
+struct Output {
+  float* y;
+  int64_t ldy;
+  const float* bias;
+};
+
+void int8_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
+               const Output& out);
+// The int4 row kernel reads x reordered per 16 elements and its per-group sums (xp [M, K] and
+// xsum [M, K / group], written by int4_prepare_x once per call).
+void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group, float* xp, float* xsum);
+void int4_rows(const float* xp, const float* xsum, int64_t M, const Int4Weight& w, int64_t n0,
+               int64_t n1, const Output& out);
+
+// Float copies of weight rows [n0, n1) into tile ([n1 - n0, K], row-major), bit-identical to the
+// reference dequantization, for the tiled-BLAS path at large M.
+void int8_dequant_rows(const Int8Weight& w, int64_t n0, int64_t n1, float* tile);
+void int4_dequant_rows(const Int4Weight& w, int64_t n0, int64_t n1, float* tile);
+
+}  // namespace fxquant
