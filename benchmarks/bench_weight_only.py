@@ -39,10 +39,10 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import rel_error, write_json  # noqa: E402
-from fxquant import numerics, ops  # noqa: E402
-from fxquant.kernels import packing  # noqa: E402
-from fxquant.kernels import weight_only as wo  # noqa: E402
+from benchmarks.common import rel_error, write_json
+from fxquant import numerics, ops
+from fxquant.kernels import packing
+from fxquant.kernels import weight_only as wo
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 2816))
 M_VALUES = (1, 8, 32, 128)
@@ -116,9 +116,11 @@ def main_section(threads: int, shapes, m_values, rounds: int) -> list[dict]:
             ref = fns["fp32"]()
             med = interleaved_medians(fns, rounds)
             for name, us in med.items():
-                rows.append({"threads": threads, "shape": f"{k}x{n}", "M": m, "candidate": name,
-                             "median_us": round(us, 1), "speedup_vs_fp32": round(med["fp32"] / us, 2),
-                             "rel_error_vs_fp32": rel_error(fns[name](), ref)})
+                rows.append({
+                    "threads": threads, "shape": f"{k}x{n}", "M": m, "candidate": name,
+                    "median_us": round(us, 1), "speedup_vs_fp32": round(med["fp32"] / us, 2),
+                    "rel_error_vs_fp32": rel_error(fns[name](), ref),
+                })
     return rows
 
 

@@ -24,7 +24,8 @@ from fxquant.kernels import weight_only as wo
 REL = 1e-5
 ROOT = Path(__file__).resolve().parents[2]
 M_VALUES = (1, 3, 8, 33, 128)
-INT8_SHAPES = ((64, 48), (13, 7), (771, 130))  # (K, N); K=13 and 771: a K tail after the 8-wide loop
+# (K, N); K=13 and 771 leave a tail after the 8-wide loop
+INT8_SHAPES = ((64, 48), (13, 7), (771, 130))
 INT4_SHAPES = ((128, 40, 32), (384, 7, 64), (768, 130, 128))  # (K, N, group_size)
 
 requires_extension = pytest.mark.skipif(
@@ -148,11 +149,11 @@ def test_fallback_gives_the_kernels_results(monkeypatch):
     codes, scale = _int8_weight(200, 33)
     packed, scale4, zp, group = _int4_args(k=256, n=33, group=64)
     bias, x8, x4 = torch.randn(33), torch.randn(2, 3, 200), torch.randn(5, 256)
-    kernel = (wo.linear_int8(x8, codes, scale, bias), wo.linear_int4(x4, packed, scale4, zp, 64))
+    kernel = (wo.linear_int8(x8, codes, scale, bias), wo.linear_int4(x4, packed, scale4, zp, group))
     monkeypatch.setattr(wo, "available", lambda: False)
     fallback8 = wo.linear_int8(x8, codes, scale, bias)
-    fallback4 = wo.linear_int4(x4, packed, scale4, zp, 64)
-    w4 = packing.dequantize_groupwise(packing.unpack_int4(packed), scale4, zp, 64)
+    fallback4 = wo.linear_int4(x4, packed, scale4, zp, group)
+    w4 = packing.dequantize_groupwise(packing.unpack_int4(packed), scale4, zp, group)
     for y in (kernel[0], fallback8):
         _assert_matches(y, x8, codes.float() * scale[:, None], bias)
     for y in (kernel[1], fallback4):
