@@ -48,7 +48,9 @@ class QuantConfig:
             saturation is impossible and activations keep all 8 bits. Measured on MiniLM it is
             more accurate than 7-bit weights or torch.ao's 7-bit activations
             (docs/kernel_choice.md). It applies to symmetric per-channel weights that feed the
-            int8 GEMM in dynamic and static modes; weights of 7 bits or fewer are safe anyway.
+            int8 GEMM or conv in dynamic and static modes (a conv's pairs are adjacent input
+            channels at one kernel tap, as oneDNN's AVX2 conv adds them: docs/conv_kernels.md);
+            weights of 7 bits or fewer are safe anyway.
         reduce_range: quantize activations to 7 bits (codes 0..127), torch.ao's way of avoiding
             the same saturation. With 8-bit weights, ``reduce_range=False`` and
             ``pair_safe_weights=False`` the fast kernel can saturate (measured: 11% output error
