@@ -219,7 +219,8 @@ def quantize(
         example_inputs: what the model is called with (:mod:`fxquant.inputs`): a tuple of
             positional inputs, a dict or tokenizer output of keyword inputs, or one tensor.
         calibration: representative batches in the example's form (list, iterable or
-            DataLoader). Required in static mode; ignored otherwise.
+            DataLoader). Required in static mode and by SmoothQuant, GPTQ and AWQ
+            (``QuantConfig.calibration_needed_by``); ignored otherwise.
         config: a :class:`QuantConfig`; default dynamic int8, per-channel symmetric weights.
         progress: progress bars on long stages (None: when stderr is a terminal; False: never).
         dump_dir: write the code after every pass there, for debugging.
@@ -232,11 +233,14 @@ def quantize(
     config = config or QuantConfig()
     start = time.perf_counter()
     observed = prepare(model, example_inputs, config, progress=progress, dump_dir=dump_dir)
-    if config.mode == "static":
+    needed_by = config.calibration_needed_by  # static mode, SmoothQuant, GPTQ, AWQ
+    if needed_by is not None:
         if calibration is None:
             raise CalibrationError(
-                "static mode needs calibration data: pass calibration=[batch, ...] (or a "
-                "DataLoader) to fxquant.quantize, or use mode='dynamic', which needs none."
+                f"{needed_by} needs calibration data: pass calibration=[batch, ...] (or a "
+                "DataLoader) to fxquant.quantize"
+                + (", or use mode='dynamic', which needs none." if config.mode == "static"
+                   else ".")
             )
         calibrate(observed, calibration, progress=progress)
     qmodel = convert(observed, progress=progress)

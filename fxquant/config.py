@@ -14,13 +14,19 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 Mode = Literal["weight_only", "dynamic", "static"]
-Granularity = Literal["per_channel", "per_tensor"]
+Granularity = Literal["per_channel", "per_tensor", "per_group"]
+WeightMethod = Literal["rtn", "gptq", "awq"]
+ActGranularity = Literal["per_tensor", "per_token"]
 ActObserver = Literal["minmax", "moving_average", "percentile"]
 CaptureMethod = Literal["auto", "symbolic_trace", "export", "regions"]
 
 CONFIG_VERSION = 1
 _MODES = ("weight_only", "dynamic", "static")
-_GRANULARITIES = ("per_channel", "per_tensor")
+_GRANULARITIES = ("per_channel", "per_tensor", "per_group")
+_METHODS = ("rtn", "gptq", "awq")
+_ACT_GRANULARITIES = ("per_tensor", "per_token")
+# Dynamic mode's activation granularity when QuantConfig.activation_granularity is None.
+DYNAMIC_ACTIVATIONS: ActGranularity = "per_tensor"
 _OBSERVERS = ("minmax", "moving_average", "percentile")
 _CAPTURES = ("auto", "symbolic_trace", "export", "regions")
 
@@ -72,6 +78,28 @@ class QuantConfig:
             ``"auto"`` (default) uses regions for Hugging Face ``PreTrainedModel``s and, for any
             other model, whole-model ``symbolic_trace``, then ``torch.export`` (non-strict,
             dynamic shapes), then regions when both fail.
+        weight_granularity ``"per_group"``: one scale (and zero-point) per ``group_size``
+            consecutive input channels of each output row; weight-only mode, 2..8 bits, codes of
+            4 bits or fewer stored two per byte (docs/accuracy.md). A linear whose input width
+            ``group_size`` does not divide stays per-channel, and the record says why.
+        group_size: input channels per group for ``"per_group"`` weights (even; ONNX Runtime's
+            ``MatMulNBits`` needs a power of two >= 16).
+        weight_method: how weight codes are chosen. ``"rtn"``: round to nearest. ``"gptq"``:
+            GPTQ, column by column with Hessian error compensation (``fxquant/algorithms/gptq.py``).
+            ``"awq"``: AWQ's activation-aware input-channel scaling, then round to nearest. Both
+            need calibration data, in every mode.
+        gptq_damp: GPTQ's diagonal damping, relative to the Hessian's mean diagonal.
+        gptq_act_order: GPTQ quantizes input channels in decreasing Hessian diagonal order (group
+            parameters stay those of the natural order: "static groups").
+        gptq_block_size: columns per lazy GPTQ update.
+        awq_grid: how many values of AWQ's exponent alpha in [0, 1) are tried.
+        smoothquant_alpha: SmoothQuant's migration strength (0.5 in the paper); None: off. Moves
+            activation outliers into the weights before int8 quantization (dynamic and static
+            modes; needs calibration data).
+        activation_granularity: dynamic mode's activation quantization: ``"per_tensor"`` (one
+            range per batch) or ``"per_token"`` (each row scaled by its own abs-max first).
+            None: dynamic mode's default (``DYNAMIC_ACTIVATIONS``). Static mode's calibrated
+            ranges are per tensor; weight-only has no quantized activations.
     """
 
     mode: Mode = "dynamic"
@@ -89,6 +117,14 @@ class QuantConfig:
     leaf_modules: tuple[type, ...] = field(default=(), compare=False)
     min_weight_elements: int = 0
     capture: CaptureMethod = "auto"
+    group_size: int = 128
+    weight_method: WeightMethod = "rtn"
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = True
+    gptq_block_size: int = 128
+    awq_grid: int = 20
+    smoothquant_alpha: float | None = None
+    activation_granularity: ActGranularity | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -123,6 +159,7 @@ class QuantConfig:
             raise ConfigError("skip must be a tuple of module names, not one string.")
         object.__setattr__(self, "skip", tuple(self.skip))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
+        _check_accuracy_options(self)
 
     @property
     def needs_pair_safe_weights(self) -> bool:
@@ -135,6 +172,23 @@ class QuantConfig:
             and self.weight_granularity == "per_channel"
             and self.mode != "weight_only"
         )
+
+    @property
+    def per_token_activations(self) -> bool:
+        """Whether dynamic-mode linears quantize their input per token."""
+        granularity = self.activation_granularity or DYNAMIC_ACTIVATIONS
+        return self.mode == "dynamic" and granularity == "per_token"
+
+    @property
+    def calibration_needed_by(self) -> str | None:
+        """What in this config needs calibration data (for error messages), or None."""
+        if self.mode == "static":
+            return "static mode"
+        if self.smoothquant_alpha is not None:
+            return f"SmoothQuant (smoothquant_alpha={self.smoothquant_alpha})"
+        if self.weight_method != "rtn":
+            return f"weight_method={self.weight_method!r}"
+        return None
 
     @property
     def may_saturate(self) -> bool:
@@ -174,3 +228,73 @@ class QuantConfig:
         if "skip" in kwargs:
             kwargs["skip"] = tuple(kwargs["skip"])
         return cls(**kwargs)
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}.")
+
+
+def _check_grouping(cfg: QuantConfig) -> None:
+    if not isinstance(cfg.group_size, int) or cfg.group_size < 2 or cfg.group_size % 2:
+        raise ConfigError(
+            f"group_size={cfg.group_size!r}: choose an even integer >= 2 (codes are packed two "
+            "per byte within a group; 32, 64 or 128 are usual)."
+        )
+    if cfg.weight_granularity == "per_group" and cfg.mode != "weight_only":
+        raise ConfigError(
+            f"weight_granularity='per_group' needs mode='weight_only' (got {cfg.mode!r}): the "
+            "int8 GEMMs of dynamic and static modes take one weight scale per output channel."
+        )
+
+
+def _check_methods(cfg: QuantConfig) -> None:
+    if not 0.0 < cfg.gptq_damp <= 1.0:
+        raise ConfigError(f"gptq_damp={cfg.gptq_damp} must lie in (0, 1].")
+    if not isinstance(cfg.gptq_block_size, int) or cfg.gptq_block_size < 1:
+        raise ConfigError(f"gptq_block_size={cfg.gptq_block_size!r}: choose a positive integer.")
+    if not isinstance(cfg.awq_grid, int) or cfg.awq_grid < 2:
+        raise ConfigError(f"awq_grid={cfg.awq_grid!r}: choose an integer >= 2.")
+
+
+def _check_smoothing(cfg: QuantConfig) -> None:
+    alpha = cfg.smoothquant_alpha
+    if alpha is None:
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"smoothquant_alpha={alpha!r} must be None (off) or lie in [0, 1].")
+    if cfg.mode == "weight_only":
+        raise ConfigError(
+            "smoothquant_alpha is set in weight_only mode, where activations stay float: "
+            "SmoothQuant only helps quantized activations (mode='dynamic' or 'static'). For "
+            "weights alone, weight_method='awq' scales input channels the same way."
+        )
+    if cfg.weight_method == "awq":
+        raise ConfigError(
+            "smoothquant_alpha and weight_method='awq' both rescale the input channels of the "
+            "same layers; choose one."
+        )
+
+
+def _check_accuracy_options(cfg: QuantConfig) -> None:
+    """Validate the fields of outlier-aware and low-bit quantization."""
+    _check_choice(cfg.weight_method, _METHODS, "weight_method")
+    if cfg.activation_granularity is not None:
+        _check_choice(cfg.activation_granularity, _ACT_GRANULARITIES, "activation_granularity")
+        if cfg.activation_granularity == "per_token" and cfg.mode != "dynamic":
+            raise ConfigError(
+                f"activation_granularity='per_token' is for mode='dynamic' (got {cfg.mode!r}): "
+                "static mode's activation ranges are calibrated per tensor, weight-only mode "
+                "does not quantize activations."
+            )
+    _check_grouping(cfg)
+    _check_methods(cfg)
+    _check_smoothing(cfg)
+    rescales = cfg.smoothquant_alpha is not None or cfg.weight_method == "awq"
+    if rescales and cfg.mode == "static" and cfg.activation_observer != "minmax":
+        raise ConfigError(
+            f"static mode with input-channel scaling (SmoothQuant / AWQ) needs "
+            f"activation_observer='minmax' (got {cfg.activation_observer!r}): the range of the "
+            "scaled input is derived exactly from per-channel minima and maxima, which a "
+            "histogram or a moving average cannot give."
+        )

@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 CONTAINER = "fxq"
-ROLES = ("w_int8", "w_scale", "w_zp", "bias", "act_obs", "w_obs")
+ROLES = ("w_int8", "w_scale", "w_zp", "bias", "act_obs", "w_obs",
+         # group-wise codes (4 bits or fewer: two per byte; 5..8: one unsigned byte); 1/s of an
+         # input scaled by SmoothQuant or AWQ;
+         # the input-statistics observer those passes and GPTQ read (fxquant/algorithms)
+         "w_int4", "w_uint8", "smooth", "in_stats")
 
 # The canonical quantizable ops, after canonicalisation: weight is always argument 1.
 LINEAR_FNS = (F.linear,)

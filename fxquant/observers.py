@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .algorithms.schemes import Quantized, WeightScheme
 from .config import QuantConfig
 from .errors import CalibrationError, NonFiniteError
 
@@ -152,7 +153,8 @@ class WeightObserver(nn.Module):
     """
 
     def __init__(
-        self, target: str, bits: int, symmetric: bool, per_channel: bool, pair_safe: bool = False
+        self, target: str, bits: int, symmetric: bool, per_channel: bool, pair_safe: bool = False,
+        group_size: int | None = None,
     ) -> None:
         super().__init__()
         self.target = target
@@ -160,7 +162,19 @@ class WeightObserver(nn.Module):
         self.symmetric = symmetric
         self.per_channel = per_channel
         self.pair_safe = pair_safe  # scales keep AVX2 int8 kernels from saturating (numerics)
+        self.group_size = group_size  # set: one scale per group of input channels
         self.axis = 0  # output channels of Linear/Conv weights, rows of Embedding tables
+        # Codes chosen by an algorithm (GPTQ) instead of round-to-nearest at lowering.
+        self.precomputed: Quantized | None = None
+
+    def scheme(self) -> WeightScheme:
+        """The grid this weight is quantized to."""
+        return WeightScheme(self.bits, self.symmetric, self.per_channel, self.group_size,
+                            self.pair_safe)
+
+    def quantize(self, w: torch.Tensor) -> Quantized:
+        """The weight's codes: what an algorithm chose, else round-to-nearest."""
+        return self.precomputed if self.precomputed is not None else self.scheme().quantize(w)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w
@@ -175,6 +189,8 @@ class WeightObserver(nn.Module):
 
     def extra_repr(self) -> str:
         granularity = "per_channel" if self.per_channel else "per_tensor"
+        if self.group_size:
+            granularity = f"per_group({self.group_size})"
         symmetry = "symmetric" if self.symmetric else "asymmetric"
         safe = ", pair_safe" if self.pair_safe else ""
         return f"target={self.target!r}, bits={self.bits}, {granularity}, {symmetry}{safe}"

@@ -262,3 +262,72 @@ conv_dynamic = torch.ops.fxquant.conv_dynamic.default
 conv_static = torch.ops.fxquant.conv_static.default
 FUSED_CONV_OPS = (conv_dynamic, conv_static)
 ALL_OPS = (*ALL_OPS, *FUSED_CONV_OPS)
+
+
+# --- per-token activations, group-wise weights -----------------------------------------------
+# fake_quantize_dynamic_per_token / linear_dynamic_per_token: dynamic mode with every token (row)
+# scaled by its own abs-max before the per-tensor quantization (QuantConfig.activation_granularity
+# 'per_token'); the int8 GEMM is fbgemm's, the scaling two elementwise ops around it.
+# dequantize_weight_grouped / linear_weight_only_grouped: weight-only layers with one scale (and
+# zero-point) per group of input channels; ``codes`` is uint8 (two 4-bit codes per byte) or int8
+# (fxquant/algorithms/groupwise.py).
+
+
+def _fake_quantize_dynamic_per_token(x, reduce_range: bool):
+    return reference.fake_quantize_dynamic_per_token(x, reduce_range)
+
+
+_define(
+    "fake_quantize_dynamic_per_token(Tensor x, bool reduce_range) -> Tensor",
+    _fake_quantize_dynamic_per_token,
+    lambda x, reduce_range: torch.empty_like(x),
+)
+
+
+def _linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
+    if _fast(x, codes):
+        r = reference.token_scales(x)
+        y = fbgemm.linear_dynamic(x / r, codes, scale, zero_point, None, reduce_range) * r
+        return y if bias is None else y + bias
+    return reference.linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range)
+
+
+_define(
+    "linear_dynamic_per_token(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, "
+    "Tensor? bias, bool reduce_range) -> Tensor",
+    _linear_dynamic_per_token,
+    _linear_fake,
+)
+
+
+def _dequantize_weight_grouped(codes, scale, zero_point, group_size: int):
+    return reference.dequantize_weight_grouped(codes, scale, zero_point, group_size)
+
+
+_define(
+    "dequantize_weight_grouped(Tensor codes, Tensor scale, Tensor zero_point, int group_size) "
+    "-> Tensor",
+    _dequantize_weight_grouped,
+    lambda codes, scale, zero_point, group_size: torch.empty(
+        (scale.shape[0], scale.shape[1] * group_size), dtype=torch.float32, device=codes.device),
+)
+
+
+def _linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):
+    return reference.linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size)
+
+
+_define(
+    "linear_weight_only_grouped(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, "
+    "Tensor? bias, int group_size) -> Tensor",
+    _linear_weight_only_grouped,
+    lambda x, codes, scale, *rest: x.new_empty((*x.shape[:-1], scale.shape[0])),
+)
+
+fake_quantize_dynamic_per_token = torch.ops.fxquant.fake_quantize_dynamic_per_token.default
+linear_dynamic_per_token = torch.ops.fxquant.linear_dynamic_per_token.default
+dequantize_weight_grouped = torch.ops.fxquant.dequantize_weight_grouped.default
+linear_weight_only_grouped = torch.ops.fxquant.linear_weight_only_grouped.default
+FUSED_LINEAR_OPS = (*FUSED_LINEAR_OPS, linear_dynamic_per_token, linear_weight_only_grouped)
+ALL_OPS = (*ALL_OPS, fake_quantize_dynamic_per_token, linear_dynamic_per_token,
+           dequantize_weight_grouped, linear_weight_only_grouped)

@@ -89,3 +89,40 @@ def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes,
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
     y = conv_int8_weight(xq, codes, scale, zero_point, bias, stride, padding, dilation, groups)
     return torch.relu(y) if relu else y
+
+
+# --- per-token dynamic activations and group-wise weights ------------------------------------
+
+
+def token_scales(x: torch.Tensor) -> torch.Tensor:
+    """Each row's (last axis) abs-max, ``[..., 1]``; 1 for an all-zero row."""
+    r = x.detach().abs().amax(dim=-1, keepdim=True)
+    return torch.where(r > 0, r, torch.ones_like(r))
+
+
+def fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
+    """Per-token dynamic quantization: every row is divided by its own abs-max, the result is
+    quantized per tensor from its range (so every row uses the whole code range), and the rows
+    are scaled back."""
+    if x.numel() == 0:
+        return x
+    r = token_scales(x)
+    return fake_quantize_dynamic(x / r, reduce_range) * r
+
+
+def linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
+    xq = fake_quantize_dynamic_per_token(x, reduce_range)
+    return linear_int8_weight(xq, codes, scale, zero_point, bias)
+
+
+def dequantize_weight_grouped(codes, scale, zero_point, group_size: int) -> torch.Tensor:
+    """Stored group-wise codes (packed uint8 or int8) to the float32 weight ``[N, K]``."""
+    from ..algorithms.groupwise import dequantize_groupwise, stored_to_codes
+
+    columns = scale.shape[1] * group_size
+    return dequantize_groupwise(stored_to_codes(codes, columns), scale, zero_point, group_size)
+
+
+def linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):
+    """``F.linear`` with a dequantized group-wise weight."""
+    return F.linear(x, dequantize_weight_grouped(codes, scale, zero_point, group_size), bias)

@@ -2,7 +2,10 @@
 
 Requires: a canonical graph (see ``canonicalize``).
 Guarantees: every canonical quantizable node has ``meta["fxquant"]["quantize"]`` set; ``True``
-nodes also carry ``kind`` and ``mode``; ``False`` nodes carry a ``reason``.
+nodes also carry ``kind`` and ``mode``; ``False`` nodes carry a ``reason``. With
+``weight_granularity="per_group"``, quantized linears carry ``group_size`` (None where the group
+size does not divide the input width: the layer stays per-channel, with the reason recorded under
+``ctx.refusals["group"]``).
 Why: keeping the decision apart from the mechanism (as torchao's pt2e annotators do) lets a user
 read why a layer stayed float, and lets the observer pass stay a plain rewrite.
 """
@@ -42,6 +45,21 @@ def refusal_reason(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> st
     return None
 
 
+def _annotate_group(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None:
+    """Group-wise weights for linears whose input width the group size divides."""
+    size = ctx.config.group_size
+    if kind_of(node) != "linear":
+        ctx.refuse("group", node, f"group-wise weights are for linears; this {kind_of(node)} "
+                                  "keeps one scale per output channel")
+        return
+    columns = fetch_attr(gm, node.args[1].target).shape[-1]
+    group = size if columns % size == 0 else None
+    meta(node)["group_size"] = group
+    if group is None:
+        ctx.refuse("group", node, f"group_size {size} does not divide the {columns} input "
+                                  "channels; kept per-channel")
+
+
 def run_annotate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     for node in gm.graph.nodes:
         kind = kind_of(node)
@@ -53,5 +71,7 @@ def run_annotate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if reason is not None:
             info["reason"] = reason
             ctx.refuse("annotate", node, reason)
+        elif ctx.config.weight_granularity == "per_group":
+            _annotate_group(gm, node, ctx)
     # Annotation changes metadata only, never the graph.
     return PassResult(gm, False)

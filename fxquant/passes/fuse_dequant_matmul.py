@@ -2,11 +2,13 @@
 
 Requires: a lowered graph (``lower_to_int8``).
 Guarantees: every ``F.linear`` whose weight is ``dequantize_weight(...)`` along axis 0 becomes one
-``fxquant.linear_dynamic`` / ``linear_static`` / ``linear_weight_only`` call (chosen by the form
-of its input: ``fake_quantize_dynamic``, ``dequantize_activation(quantize_activation(x))`` or a
-plain float tensor); every ``F.conv1d`` / ``F.conv2d`` likewise becomes ``fxquant.conv_dynamic`` /
-``conv_static`` (a weight-only conv stays dequantize + conv: no int8 kernel takes float
-activations); and every ``F.embedding`` on a dequantized table becomes
+``fxquant.linear_dynamic`` / ``linear_dynamic_per_token`` / ``linear_static`` /
+``linear_weight_only`` call (chosen by the form of its input: ``fake_quantize_dynamic``,
+``fake_quantize_dynamic_per_token``, ``dequantize_activation(quantize_activation(x))`` or a plain
+float tensor); an ``F.linear`` of float input and ``dequantize_weight_grouped(...)`` becomes
+``fxquant.linear_weight_only_grouped``; every ``F.conv1d`` / ``F.conv2d`` likewise becomes
+``fxquant.conv_dynamic`` / ``conv_static`` (a weight-only conv stays dequantize + conv: no int8
+kernel takes float activations); and every ``F.embedding`` on a dequantized table becomes
 ``fxquant.embedding``, which dequantizes only the rows it gathers. The fused op reads the same int8
 buffers and computes the same function as the pattern it replaces (parity-tested against the
 reference kernels). Nodes left unfused get a reason in ``ctx.refusals["fuse"]``.
@@ -44,6 +46,8 @@ def _activation_form(x: object) -> tuple[str, tuple]:
     """Which mode the matmul's input says, and the arguments the fused op needs for it."""
     if isinstance(x, fx.Node) and x.target is ops.fake_quantize_dynamic:
         return "dynamic", (x.args[0], x.args[1])
+    if isinstance(x, fx.Node) and x.target is ops.fake_quantize_dynamic_per_token:
+        return "dynamic_per_token", (x.args[0], x.args[1])
     if isinstance(x, fx.Node) and x.target is ops.dequantize_activation:
         q = x.args[0]
         if isinstance(q, fx.Node) and q.target is ops.quantize_activation:
@@ -51,25 +55,51 @@ def _activation_form(x: object) -> tuple[str, tuple]:
     return "weight_only", (x,)
 
 
+def _grouped_args(node: fx.Node) -> tuple | None:
+    """(codes, scale, zero_point, group_size) of a ``dequantize_weight_grouped`` weight."""
+    w = node.args[1] if len(node.args) > 1 else None
+    if isinstance(w, fx.Node) and w.target is ops.dequantize_weight_grouped:
+        return tuple(w.args)
+    return None
+
+
 def check_linear(node: fx.Node) -> str | None:
     if node.kwargs:
         return "F.linear called with keyword arguments"
+    if _grouped_args(node) is not None:
+        form = _activation_form(node.args[0])[0]
+        if form != "weight_only":
+            return f"group-wise weight with {form} activations: no fused kernel takes both"
+        return None
     weight = _weight_args(node)
     return weight if isinstance(weight, str) else None
 
 
-def rewrite_linear(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+def _int8_linear(node: fx.Node, bias: object) -> tuple[object, tuple]:
+    """The fused op for a per-channel int8 weight, chosen by the form of the input."""
     codes, scale, zp = _weight_args(node)
-    bias = node.args[2] if len(node.args) > 2 else None
     form, act = _activation_form(node.args[0])
     if form == "dynamic":
         x, rr = act
-        target, args = ops.linear_dynamic, (x, codes, scale, zp, bias, rr)
-    elif form == "static":
+        return ops.linear_dynamic, (x, codes, scale, zp, bias, rr)
+    if form == "dynamic_per_token":
+        x, rr = act
+        return ops.linear_dynamic_per_token, (x, codes, scale, zp, bias, rr)
+    if form == "static":
         x, x_scale, x_zp, rr = act
-        target, args = ops.linear_static, (x, x_scale, x_zp, rr, codes, scale, zp, bias)
+        return ops.linear_static, (x, x_scale, x_zp, rr, codes, scale, zp, bias)
+    return ops.linear_weight_only, (act[0], codes, scale, zp, bias)
+
+
+def rewrite_linear(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    bias = node.args[2] if len(node.args) > 2 else None
+    grouped = _grouped_args(node)
+    if grouped is not None:
+        codes, scale, zp, group_size = grouped
+        target, args = ops.linear_weight_only_grouped, (node.args[0], codes, scale, zp, bias,
+                                                       group_size)
     else:
-        target, args = ops.linear_weight_only, (act[0], codes, scale, zp, bias)
+        target, args = _int8_linear(node, bias)
     with gm.graph.inserting_before(node):
         fused = gm.graph.call_function(target, args)
     return fused
@@ -94,7 +124,10 @@ def _conv_geometry(node: fx.Node) -> ConvGeometry | str:
     weight = _weight_args(node)
     if isinstance(weight, str):
         return weight
-    codes = fetch_attr(node.graph.owning_module, str(weight[0].target))
+    gm = node.graph.owning_module
+    codes, scale = (fetch_attr(gm, str(w.target)) for w in weight[:2])
+    if tuple(scale.shape) != (codes.shape[0],):
+        return "the int8 conv kernel needs one weight scale per output channel"
     return conv_geometry(node, tuple(codes.shape[2:]))
 
 

@@ -55,9 +55,11 @@ def _weight_observer(
         bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
         # Weights that meet 8-bit activations in an int8 GEMM or conv get saturation-safe scales.
         feeds_gemm = bool(kinds & {"linear", "conv"})
+        # Group-wise weights: linears only (annotate decides; a table or conv stays per-row).
+        group = meta(node).get("group_size") if kinds == {"linear"} else None
         observer = WeightObserver(
-            source, bits, cfg.weight_symmetric, cfg.weight_granularity == "per_channel",
-            pair_safe=feeds_gemm and cfg.needs_pair_safe_weights,
+            source, bits, cfg.weight_symmetric, cfg.weight_granularity != "per_tensor",
+            pair_safe=feeds_gemm and cfg.needs_pair_safe_weights, group_size=group,
         )
         observer.check_finite(fetch_attr(gm, weight.target))
         target = add_module(gm, source, "w_obs", observer)

@@ -4,11 +4,18 @@ Requires: an observed graph; in static mode, calibrated activation observers.
 Guarantees:
   * each WeightObserver becomes ``fxquant.dequantize_weight(codes, scale, zero_point, 0)`` reading
     ``fxq.<source>_w_int8`` (torch.int8), ``_w_scale`` (float32) and ``_w_zp`` (int32) buffers;
-    the float weight has no quantized user left (cleanup drops it);
+    the float weight has no quantized user left (cleanup drops it); a group-wise weight becomes
+    ``fxquant.dequantize_weight_grouped(codes, scale, zero_point, group_size)`` reading
+    ``_w_int4`` (uint8, two codes per byte; 5..8 bits: ``_w_uint8``), ``_w_scale`` (float32
+    ``[N, K / group_size]``) and ``_w_zp`` (uint8, same shape); codes an algorithm chose (GPTQ,
+    ``WeightObserver.precomputed``) are used as they are;
   * biases of quantized ops move to ``fxq.<source>_bias`` so the float module can be dropped;
   * static mode: each activation observer becomes ``quantize_activation -> dequantize_activation``
-    with the calibrated scale and zero-point; dynamic mode: each quantized matmul's input passes
-    through ``fake_quantize_dynamic``; weight-only mode leaves activations in float.
+    with the calibrated scale and zero-point (the ranges, in lowering order, also go to
+    ``gm.meta["fxquant"]["activation_ranges"]`` for ``fxquant.save``); dynamic mode: each
+    quantized matmul's input passes through ``fake_quantize_dynamic`` (a linear's through
+    ``fake_quantize_dynamic_per_token`` with per-token activations); weight-only mode leaves
+    activations in float.
 The lowered graph computes exactly what the int8 model computes (with the reference kernels), so
 it is the specification the fusion pass must preserve.
 Why: it separates *what* the quantized model computes from *how fast* (fusion's job).
@@ -19,6 +26,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .. import numerics, ops
+from ..algorithms.groupwise import GroupedWeight
 from ..graph import add_buffer, fetch_attr, kind_of, meta
 from ..observers import Observer, WeightObserver
 from .infra import PassContext, PassResult
@@ -26,19 +34,23 @@ from .infra import PassContext, PassResult
 
 def _lower_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -> None:
     weight = node.args[0]
-    qw = numerics.quantize_weight(
-        fetch_attr(gm, weight.target), observer.bits, observer.symmetric, observer.per_channel,
-        pair_safe=observer.pair_safe,
-    )
+    qw = observer.quantize(fetch_attr(gm, weight.target))  # GPTQ's codes, else round-to-nearest
+    if isinstance(qw, GroupedWeight):
+        codes_role = "w_int4" if qw.packed else "w_uint8"
+        tensors = ((codes_role, qw.stored_codes()), ("w_scale", qw.scale),
+                   ("w_zp", qw.zero_point))
+        target, last = ops.dequantize_weight_grouped, qw.group_size
+    else:
+        tensors = (("w_int8", qw.codes), ("w_scale", qw.scale), ("w_zp", qw.zero_point))
+        target, last = ops.dequantize_weight, qw.axis
     with gm.graph.inserting_before(node):
-        attrs = [
-            gm.graph.get_attr(add_buffer(gm, observer.target, role, tensor))
-            for role, tensor in (("w_int8", qw.codes), ("w_scale", qw.scale),
-                                 ("w_zp", qw.zero_point))
-        ]
-        deq = gm.graph.call_function(ops.dequantize_weight, (*attrs, qw.axis))
+        attrs = [gm.graph.get_attr(add_buffer(gm, observer.target, role, tensor))
+                 for role, tensor in tensors]
+        deq = gm.graph.call_function(target, (*attrs, last))
     meta(deq).update(source=observer.target, bits=observer.bits, symmetric=observer.symmetric,
                      per_channel=observer.per_channel, pair_safe=observer.pair_safe)
+    if observer.group_size:
+        meta(deq)["group_size"] = observer.group_size
     node.replace_all_uses_with(deq)
     gm.graph.erase_node(node)
 
@@ -67,12 +79,15 @@ def _move_bias(gm: fx.GraphModule, node: fx.Node, moved: dict[str, str]) -> None
         node.replace_input_with(bias, gm.graph.get_attr(moved[bias.target]))
 
 
-def _insert_dynamic_quant(gm: fx.GraphModule, node: fx.Node, rr: bool, seen: dict) -> None:
+def _insert_dynamic_quant(
+    gm: fx.GraphModule, node: fx.Node, rr: bool, seen: dict, per_token: bool = False
+) -> None:
     x = node.args[0]
-    if x not in seen:
+    op = ops.fake_quantize_dynamic_per_token if per_token else ops.fake_quantize_dynamic
+    if (x, op) not in seen:
         with gm.graph.inserting_before(node):
-            seen[x] = gm.graph.call_function(ops.fake_quantize_dynamic, (x, rr))
-    node.replace_input_with(x, seen[x])
+            seen[(x, op)] = gm.graph.call_function(op, (x, rr))
+    node.replace_input_with(x, seen[(x, op)])
 
 
 def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -95,5 +110,6 @@ def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if kind_of(node) and meta(node).get("quantize"):
             _move_bias(gm, node, moved_biases)
             if ctx.config.mode == "dynamic" and kind_of(node) in ("linear", "conv"):
-                _insert_dynamic_quant(gm, node, rr, dynamic_inputs)
+                per_token = ctx.config.per_token_activations and kind_of(node) == "linear"
+                _insert_dynamic_quant(gm, node, rr, dynamic_inputs, per_token)
     return PassResult(gm, modified)

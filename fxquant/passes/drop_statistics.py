@@ -1,0 +1,23 @@
+"""Drop statistics: the ``InputStatistics`` observers have served; take them out of the graph.
+
+Requires: ``smooth_quant``, ``awq`` and ``gptq`` have run (they read the statistics).
+Guarantees: no call to an ``InputStatistics`` observer is left; each one's users read its input
+(which may be the scaling ``mul`` SmoothQuant / AWQ put in front of it). Nothing else changes.
+Why: ``lower_to_int8`` turns every remaining activation observer into quantize / dequantize ops;
+statistics are not an activation range and must not reach it.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from .infra import PassContext, PassResult
+from .input_scaling import statistics_nodes
+
+
+def run_drop_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    nodes = statistics_nodes(gm)
+    for node, _ in nodes:
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+    return PassResult(gm, bool(nodes))

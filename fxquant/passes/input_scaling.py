@@ -1,0 +1,191 @@
+"""Mechanics shared by SmoothQuant and AWQ: divide a linear input by per-channel scales ``s`` and
+multiply the weight columns of the linears reading it by ``s``, keeping the float function.
+
+Not a pass: ``smooth_quant`` and ``awq`` decide ``s``; this module applies it.
+
+* The weights: each weight parameter is replaced (never written in place: the converted model may
+  still share the user's parameters) by ``W * s`` along its input channels.
+* The input: when the statistics node reads a normalisation's output that nothing else reads, and
+  that normalisation's affine parameters are its own, they are divided by ``s`` (LayerNorm: weight
+  and bias; RMSNorm: weight; a ``mul`` by a 1-D parameter, as Llama's RMSNorm ends). Otherwise a
+  ``mul`` by the buffer ``fxq.<source>_smooth`` (= ``1 / s``) is inserted on the path to those
+  linears only, so other readers still see the unscaled tensor.
+* The statistics are rescaled (:meth:`InputStatistics.rescale`), and a static activation observer
+  behind them gets the exact range of the scaled input.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..algorithms.statistics import InputStatistics
+from ..errors import PassError
+from ..graph import add_buffer, fetch_attr, kind_of, meta
+from ..observers import MinMaxObserver, Observer, WeightObserver
+
+_NORM_FUNCTIONS = {
+    F.layer_norm: ("weight", "bias"),
+    torch.ops.aten.layer_norm.default: ("weight", "bias"),
+}
+_NORM_MODULES = (nn.LayerNorm,)
+if hasattr(F, "rms_norm"):
+    _NORM_FUNCTIONS[F.rms_norm] = ("weight",)
+    _NORM_FUNCTIONS[torch.ops.aten.rms_norm.default] = ("weight",)
+if hasattr(nn, "RMSNorm"):
+    _NORM_MODULES = (nn.LayerNorm, nn.RMSNorm)
+_MULS = (operator.mul, torch.mul, torch.ops.aten.mul.Tensor)
+_ARG_INDEX = {"weight": 2, "bias": 3}
+
+
+def statistics_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, InputStatistics]]:
+    return [(n, fetch_attr(gm, n.target)) for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(fetch_attr(gm, n.target), InputStatistics)]
+
+
+def _observer(gm: fx.GraphModule, node: fx.Node, cls: type) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    module = fetch_attr(gm, node.target)
+    return module if isinstance(module, cls) else None
+
+
+def scaled_linears(gm: fx.GraphModule, stats_node: fx.Node) -> list[fx.Node]:
+    """The quantized linears that read ``stats_node`` (directly or through a static activation
+    observer)."""
+    found = []
+    for user in stats_node.users:
+        readers = list(user.users) if _observer(gm, user, Observer) else [user]
+        found += [r for r in readers if kind_of(r) == "linear" and meta(r).get("quantize")]
+    return found
+
+
+def weight_target(linear: fx.Node) -> str:
+    """The get_attr target of a quantized linear's weight (behind its weight observer)."""
+    w = linear.args[1]
+    return str(w.args[0].target if w.op == "call_module" else w.target)
+
+
+def weight_observer(gm: fx.GraphModule, linear: fx.Node) -> WeightObserver:
+    module = _observer(gm, linear.args[1], WeightObserver)
+    if module is None:
+        raise PassError(f"{linear.name}: weight has no WeightObserver; run insert_observers first")
+    return module
+
+
+def refusal_reason(gm: fx.GraphModule, stats_node: fx.Node, linears: list[fx.Node]) -> str | None:
+    """Why the input behind ``stats_node`` cannot be rescaled, or None."""
+    if not linears:
+        return "no quantized linear reads this input"
+    shared = [meta(lin).get("weight_shared") for lin in linears]
+    if any(shared):
+        return next(r for r in shared if r)
+    others = [u for u in stats_node.users
+              if not _observer(gm, u, Observer) and kind_of(u) != "linear"]
+    if others:
+        return f"the input also feeds {others[0].name}, which is not a quantized linear"
+    return None
+
+
+def _replace_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in owner._parameters:
+        owner._parameters[name] = nn.Parameter(value.contiguous(), requires_grad=False)
+    else:
+        owner._buffers[name] = value.contiguous()
+
+
+def _owner(gm: fx.GraphModule, target: str) -> tuple[nn.Module, str]:
+    path, _, name = target.rpartition(".")
+    return (gm.get_submodule(path) if path else gm), name
+
+
+def _readers(gm: fx.GraphModule, tensor: torch.Tensor) -> int:
+    return sum(1 for n in gm.graph.nodes
+               if n.op == "get_attr" and fetch_attr(gm, n.target) is tensor)
+
+
+def _affine_of_function(gm: fx.GraphModule, node: fx.Node) -> list[tuple[nn.Module, str]] | None:
+    names = _NORM_FUNCTIONS.get(node.target)
+    if names is not None:
+        args = [node.kwargs.get(name, node.args[_ARG_INDEX[name]]
+                                if len(node.args) > _ARG_INDEX[name] else None)
+                for name in names]
+        if args[0] is None:
+            return None
+        params = [a for a in args if a is not None]
+    elif node.target in _MULS and len(node.args) == 2:
+        params = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
+        if len(params) != 1 or fetch_attr(gm, params[0].target).dim() != 1:
+            return None
+    else:
+        return None
+    if not all(isinstance(p, fx.Node) and p.op == "get_attr" for p in params):
+        return None
+    if any(_readers(gm, fetch_attr(gm, p.target)) != 1 for p in params):
+        return None
+    return [_owner(gm, str(p.target)) for p in params]
+
+
+def _foldable(gm: fx.GraphModule, stats_node: fx.Node) -> list[tuple[nn.Module, str]] | None:
+    """The (module, attribute) pairs to divide by ``s`` when the input comes straight from a
+    normalisation that nothing else reads, else None."""
+    producer = stats_node.args[0]
+    if not isinstance(producer, fx.Node) or len(producer.users) != 1:
+        return None
+    if producer.op == "call_module":
+        module = fetch_attr(gm, producer.target)
+        calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == producer.target]
+        if not isinstance(module, _NORM_MODULES) or module.weight is None or len(calls) != 1:
+            return None
+        return [(module, name) for name in ("weight", "bias") if getattr(module, name, None)
+                is not None]
+    if producer.op == "call_function":
+        return _affine_of_function(gm, producer)
+    return None
+
+
+def _divide_input(gm: fx.GraphModule, stats_node: fx.Node, s: torch.Tensor, source: str) -> str:
+    """Divide what ``stats_node`` observes by ``s``; returns where the division went."""
+    folded = _foldable(gm, stats_node)
+    if folded is not None and all(getattr(m, n).numel() == s.numel() for m, n in folded):
+        for module, name in folded:
+            _replace_tensor(module, name, getattr(module, name).detach() / s)
+        return f"folded into {stats_node.args[0].name}"
+    target = add_buffer(gm, source, "smooth", (1.0 / s).contiguous())
+    x = stats_node.args[0]
+    with gm.graph.inserting_before(stats_node):
+        factor = gm.graph.get_attr(target)
+        scaled = gm.graph.call_function(torch.mul, (x, factor))
+    meta(scaled).update(source=source, role="smooth")
+    stats_node.replace_input_with(x, scaled)
+    return "mul"
+
+
+def _update_activation_observers(gm: fx.GraphModule, stats_node: fx.Node,
+                                 stats: InputStatistics) -> None:
+    for user in stats_node.users:
+        observer = _observer(gm, user, Observer)
+        if observer is None:
+            continue
+        if not isinstance(observer, MinMaxObserver):
+            raise PassError(f"{observer.target}: only a min-max activation observer can follow an "
+                            "input scaling (QuantConfig validation should have refused this)")
+        observer.min_val, observer.max_val = stats.range_after()
+
+
+def apply_input_scale(gm: fx.GraphModule, stats_node: fx.Node, linears: list[fx.Node],
+                      s: torch.Tensor) -> str:
+    """Scale the weights of ``linears`` by ``s`` and their shared input by ``1 / s``; returns
+    where the division went ("folded into <node>" or "mul")."""
+    stats = fetch_attr(gm, stats_node.target)
+    for target in dict.fromkeys(weight_target(lin) for lin in linears):
+        owner, name = _owner(gm, target)
+        _replace_tensor(owner, name, getattr(owner, name).detach() * s)
+    where = _divide_input(gm, stats_node, s, meta(linears[0]).get("source", "input"))
+    stats.rescale(s)
+    _update_activation_observers(gm, stats_node, stats)
+    return where
