@@ -137,8 +137,11 @@ def check_conv(node: fx.Node) -> str | None:
     geometry = _conv_geometry(node)
     if isinstance(geometry, str):
         return geometry
-    if _activation_form(node.args[0])[0] == "weight_only":
+    form = _activation_form(node.args[0])[0]
+    if form == "weight_only":
         return "weight-only conv: no int8 conv kernel takes float activations; dequantize + conv"
+    if form not in ("dynamic", "static"):
+        return f"{form} activations: no int8 conv kernel takes them; dequantize + conv"
     return None
 
 
