@@ -23,6 +23,7 @@ from .errors import (
     PassError,
 )
 from .inputs import ModelInputs
+from .qat import prepare_qat
 from .record import QuantRecord, record_of
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "convert",
     "ops",
     "prepare",
+    "prepare_qat",
     "quantize",
     "record_of",
 ]

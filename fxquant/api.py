@@ -183,7 +183,12 @@ def _is_region_model(model: nn.Module, expected: str, step: str) -> bool:
 
 def convert(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
     """Lower an observed (and, in static mode, calibrated) model to real int8. Returns a new
-    model; the observed model is left as it was."""
+    model; the observed model is left as it was. A model from ``fxquant.prepare_qat`` is
+    lowered with what it learned (:mod:`fxquant.qat`)."""
+    from .qat import convert_qat, is_qat_model  # late: fxquant.qat builds on this module
+
+    if is_qat_model(observed):
+        return convert_qat(observed, progress=progress)
     if _is_region_model(observed, "prepared", "convert"):
         return convert_regions(observed, progress=progress)
     source = _stage(observed, "prepared", "convert")

@@ -15,6 +15,11 @@
     fuse_dequant_matmul            dequantize -> matmul  =>  one fused int8 op
     fuse_conv_relu                 int8 conv -> ReLU  =>  the conv applies the ReLU
     cleanup                        dead code, unused float weights, sanity checks
+
+Quantization-aware training (``fxquant.prepare_qat``, then ``fxquant.convert``) runs PREPARE, then
+    insert_fake_quant              observers -> fake quantizers (trainable simulation)
+and, on a copy of the trained model, before CONVERT:
+    freeze_fake_quant              fake quantizers -> observers holding what was learned
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from .canonicalize import run_canonicalize
 from .cleanup import run_cleanup
 from .drop_statistics import run_drop_statistics
 from .fold_batchnorm import run_fold_batchnorm
+from .freeze_fake_quant import run_freeze_fake_quant
 from .fuse_conv_relu import run_fuse_conv_relu
 from .fuse_dequant_matmul import run_fuse_dequant_matmul
 from .gptq import run_gptq
 from .infra import Pass, PassContext, PassResult, run_passes
+from .insert_fake_quant import run_insert_fake_quant
 from .insert_observers import run_insert_observers
 from .insert_statistics import run_insert_statistics
 from .lower_to_int8 import run_lower_to_int8
@@ -47,6 +54,10 @@ CONVERT: tuple[Pass, ...] = (
     run_lower_to_int8, run_fuse_dequant_matmul, run_fuse_conv_relu, run_cleanup
 )
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
+# Quantization-aware training: the model trains between QAT_PREPARE and QAT_FREEZE.
+QAT_PREPARE: tuple[Pass, ...] = (run_insert_fake_quant,)
+QAT_FREEZE: tuple[Pass, ...] = (run_freeze_fake_quant,)
+QAT_PIPELINE: tuple[Pass, ...] = PREPARE + QAT_PREPARE + QAT_FREEZE + CONVERT
 
 __all__ = [
     "CALIBRATE",
@@ -55,6 +66,9 @@ __all__ = [
     "PREPARE",
     "PREPARE_CANONICAL",
     "PREPARE_OBSERVE",
+    "QAT_FREEZE",
+    "QAT_PIPELINE",
+    "QAT_PREPARE",
     "Pass",
     "PassContext",
     "PassResult",
