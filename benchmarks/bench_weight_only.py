@@ -13,8 +13,11 @@ step, M=128 a prefill chunk), at 1 and 2 threads. Candidates:
 
 Timing is interleaved: every round times a batch of calls of each candidate in turn (rotating the
 order), and the table reports the median per-call time over the rounds, so drift and other load on
-the machine hit every candidate alike. A second section times the int8 and int4 kernels' two paths
-(row kernels vs tiled BLAS) around the M threshold. Load average and CPU model go into the JSON.
+the machine hit every candidate alike (the JSON also keeps the 10th percentile, the cost of a call
+that other processes left alone: on a shared 2-core machine the 2-thread medians suffer first,
+since an OpenMP region waits for its slowest thread). A second section times the int8 and int4
+kernels' two paths (row kernels vs tiled BLAS) around the M threshold. Load average and CPU model
+go into the JSON.
 
     python benchmarks/bench_weight_only.py              # ~3 minutes on 2 cores
     python benchmarks/bench_weight_only.py --quick      # fewer rounds, M=1 and 32 only
@@ -40,7 +43,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import rel_error, write_json
-from fxquant import numerics, ops
+from fxquant import cpu, numerics, ops
 from fxquant.kernels import packing
 from fxquant.kernels import weight_only as wo
 
@@ -63,8 +66,9 @@ def load_snapshot() -> dict:
     return {"uptime": uptime, "loadavg": list(os.getloadavg())}
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median microseconds per call of each candidate, timed in alternating rounds."""
+def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Microseconds per call of each candidate in every round, the rounds alternating candidates
+    in a rotating order."""
     inner = {}
     for name, fn in fns.items():
         fn()
@@ -80,7 +84,16 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> di
             for _ in range(n):
                 fn()
             times[name].append((time.perf_counter() - t0) / n)
-    return {name: statistics.median(v) * 1e6 for name, v in times.items()}
+    return {name: [t * 1e6 for t in v] for name, v in times.items()}
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    return {name: statistics.median(v) for name, v in interleaved_times(fns, rounds).items()}
+
+
+def p10(values: list[float]) -> float:
+    """The 10th percentile: what a call costs when the machine's other load leaves it alone."""
+    return sorted(values)[len(values) // 10]
 
 
 def layer(k: int, n: int) -> dict:
@@ -114,11 +127,13 @@ def main_section(threads: int, shapes, m_values, rounds: int) -> list[dict]:
             x = torch.randn(m, k)
             fns = candidates(lay, x)
             ref = fns["fp32"]()
-            med = interleaved_medians(fns, rounds)
+            times = interleaved_times(fns, rounds)
+            med = {name: statistics.median(v) for name, v in times.items()}
             for name, us in med.items():
                 rows.append({
                     "threads": threads, "shape": f"{k}x{n}", "M": m, "candidate": name,
                     "median_us": round(us, 1), "speedup_vs_fp32": round(med["fp32"] / us, 2),
+                    "p10_us": round(p10(times[name]), 1),
                     "rel_error_vs_fp32": rel_error(fns[name](), ref),
                 })
     return rows
@@ -189,7 +204,9 @@ def main() -> None:
         print()
         print(tabulate(threshold_rows, headers="keys", tablefmt="github"))
     path = write_json("bench_weight_only", {
-        "cpu_model": cpu_model(), "load_before": before, "load_after": after, "rounds": rounds,
+        "cpu_model": cpu_model(),
+        "cpu_flags": sorted(cpu.flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "amx_int8"}),
+        "load_before": before, "load_after": after, "rounds": rounds,
         "tile_min_rows": {"int8": wo.tile_min_rows(8), "int4": wo.tile_min_rows(4)},
         "rows": main_rows, "threshold_rows": threshold_rows,
     })

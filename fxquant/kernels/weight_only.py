@@ -6,9 +6,9 @@ whole weight: at decode (few rows of x) codes are widened in registers as they s
 prefill the weight is dequantized a tile at a time for BLAS (docs/weight_only_kernel.md).
 
 The extension is compiled once per source version and torch version into a cache directory
-(``$FXQUANT_BUILD_DIR`` or ``~/.cache/fxquant``; ``scripts/setup.sh`` runs ``python -m
-fxquant.kernels.weight_only`` so tests and first calls don't pay the ~15 s compile), then loaded on
-first use. Where it cannot be built or loaded (no compiler, no ninja, no AVX2/FMA, a compile
+(``$FXQUANT_BUILD_DIR`` or ``~/.cache/fxquant``; ``scripts/setup.sh`` runs :func:`main`, also
+``python -m fxquant.kernels.weight_only``, so tests and first calls don't pay the ~20 s compile),
+then loaded on first use. Where it cannot be built or loaded (no compiler, no ninja, no AVX2/FMA, a compile
 error) or ``FXQUANT_NO_EXTENSION=1`` is set, both functions fall back to plain PyTorch
 (dequantize a block of rows, ``F.linear``) with the same results, and one log line on the
 ``fxquant`` logger says why and what it costs.
@@ -66,18 +66,28 @@ class ExtensionStatus:
 # --- building and loading ------------------------------------------------------------------
 
 
-def build_dir() -> Path:
-    """Where the extension is built: one directory per torch version and source hash."""
-    base = os.environ.get("FXQUANT_BUILD_DIR") or str(Path.home() / ".cache" / "fxquant")
+def _source_hash() -> str:
     digest = hashlib.sha256(" ".join((*_CFLAGS, *_LDFLAGS)).encode())
     for path in sorted(_CSRC.iterdir()):
         if path.suffix in {".cpp", ".h"}:
             digest.update(path.name.encode() + path.read_bytes())
-    return Path(base) / f"torch-{torch.__version__}" / f"weight_only-{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    """Where the extension is built: one directory per torch version and source hash."""
+    base = os.environ.get("FXQUANT_BUILD_DIR") or str(Path.home() / ".cache" / "fxquant")
+    return Path(base) / f"torch-{torch.__version__}" / f"weight_only-{_source_hash()}"
+
+
+def _library_name() -> str:
+    # One name per source version: torch.utils.cpp_extension renames a rebuilt extension
+    # ("_v1") when one process compiles two versions under the same name.
+    return f"{_NAME}_{_source_hash()}"
 
 
 def _library_path(directory: Path) -> Path:
-    return directory / f"{_NAME}.so"
+    return directory / f"{_library_name()}.so"
 
 
 def _cpu_problem() -> str | None:
@@ -111,7 +121,7 @@ def _compile(directory: Path, verbose: bool) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
-        name=_NAME,
+        name=_library_name(),
         sources=[str(p) for p in sorted(_CSRC.glob("*.cpp"))],
         extra_cflags=list(_CFLAGS),
         extra_ldflags=list(_LDFLAGS),
@@ -159,7 +169,10 @@ def _load(verbose: bool) -> ExtensionStatus:
         except Exception as error:  # a compile error must not take fxquant down: fall back
             detail = f"compiling {_CSRC} failed: {_diagnostic(error)}"
             return ExtensionStatus(False, detail)
-    _load_library(library)
+    try:
+        _load_library(library)
+    except (OSError, RuntimeError) as error:  # e.g. built against another torch, or corrupt
+        return ExtensionStatus(False, f"loading {library} failed: {_diagnostic(error)}")
     return ExtensionStatus(True, f"loaded {library}")
 
 
