@@ -41,7 +41,16 @@ from . import numerics, ops
 from .capture import is_quantized
 from .config import QuantConfig
 from .errors import AlreadyQuantizedError, CalibrationError, ConfigError
-from .fake_quant import FakeQuantizeLinear
+from .fake_quant import (
+    FakeQuantizeConv1D,
+    FakeQuantizeConv1d,
+    FakeQuantizeConv2d,
+    FakeQuantizeEmbedding,
+    FakeQuantizeLinear,
+    is_conv1d,
+    transformers_conv1d,
+)
+from .real_quant_layers import RealQuantizeConv, RealQuantizeEmbedding
 from .utils import kernel_safe_reduce_range
 
 LinearMode = Literal["dynamic", "weight_only"]
@@ -267,10 +276,36 @@ class RealQuantizeLinear(nn.Module):
         )
 
 
-def _is_plain_linear(module: nn.Module) -> bool:
-    # Exact nn.Linear (and fake-quant layers): subclasses such as MultiheadAttention's out_proj
-    # are read by their owner's own code, which a replacement would break.
-    return type(module) is nn.Linear or isinstance(module, FakeQuantizeLinear)
+_CONVS = (nn.Conv1d, nn.Conv2d, FakeQuantizeConv1d, FakeQuantizeConv2d)
+
+
+def _as_linear(module: nn.Module) -> nn.Linear | None:
+    """The ``nn.Linear`` a layer computes: itself for exact ``nn.Linear`` (and fake-quant
+    layers), ``W.t()`` for GPT-2's ``Conv1D``; None for anything else. Subclasses such as
+    MultiheadAttention's out_proj are read by their owner's own code: they stay."""
+    if type(module) is nn.Linear or isinstance(module, FakeQuantizeLinear):
+        return module
+    if is_conv1d(module) or isinstance(module, FakeQuantizeConv1D):
+        linear = nn.Linear(module.nx, module.nf, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        return linear.train(module.training)
+    return None
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return (type(module) in _CONVS and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def _is_table(module: nn.Module) -> bool:
+    return type(module) in (nn.Embedding, FakeQuantizeEmbedding) and module.max_norm is None
+
+
+def _convertible(module: nn.Module) -> bool:
+    return _as_linear(module) is not None or _is_conv(module) or _is_table(module)
 
 
 def _replace_modules(
@@ -293,9 +328,15 @@ def convert_to_real_quant(
     per_channel: bool = True,
     mode: LinearMode = "dynamic",
     reduce_range: bool | None = None,
+    embedding_bits: int = 8,
 ) -> nn.Module:
-    """A copy of ``model`` in which every ``nn.Linear`` (also a ``FakeQuantizeLinear``) is a
-    quantized :class:`RealQuantizeLinear`. The copy is in eval mode; ``model`` is unchanged.
+    """A copy of ``model`` in which every layer fxquant's canonical forms cover is int8: each
+    ``nn.Linear`` and GPT-2 ``Conv1D`` a quantized :class:`RealQuantizeLinear` (``Conv1D``'s
+    weight ``[in, out]`` becomes the linear weight ``W.t()``), each ``nn.Conv1d`` / ``nn.Conv2d``
+    (zero padding) a :class:`RealQuantizeConv`, each ``nn.Embedding`` a
+    :class:`RealQuantizeEmbedding` of ``embedding_bits`` -- their fake-quant twins too. A table
+    tied to a linear (GPT-2's ``wte`` / ``lm_head``) is stored once per layer. The copy is in eval
+    mode; ``model`` is unchanged.
 
     Raises AlreadyQuantizedError for a model fxquant already quantized.
     """
@@ -304,41 +345,50 @@ def convert_to_real_quant(
             f"{type(model).__name__} already holds int8 layers; convert the float model."
         )
 
-    def make(module: nn.Module) -> nn.Module:
-        if not isinstance(module, nn.Linear):
-            raise TypeError(f"not a linear layer: {type(module).__name__}")
-        return RealQuantizeLinear.from_float(
-            module,
-            bits,
-            symmetric=symmetric,
-            per_channel=per_channel,
-            mode=mode,
-            reduce_range=reduce_range,
-        )
+    options = dict(symmetric=symmetric, per_channel=per_channel, mode=mode,
+                   reduce_range=reduce_range)
 
-    return _replace_modules(copy.deepcopy(model), _is_plain_linear, make).eval()
+    def make(module: nn.Module) -> nn.Module:
+        linear = _as_linear(module)
+        if linear is not None:
+            return RealQuantizeLinear.from_float(linear, bits, **options)
+        if _is_conv(module):
+            return RealQuantizeConv(module, bits, **options)
+        return RealQuantizeEmbedding(module, embedding_bits, symmetric=symmetric)
+
+    return _replace_modules(copy.deepcopy(model), _convertible, make).eval()
 
 
 def _float_layer(module: nn.Module) -> nn.Module:
-    if isinstance(module, RealQuantizeLinear):
+    if isinstance(module, (RealQuantizeLinear, RealQuantizeEmbedding, RealQuantizeConv)):
         return module.to_float()
-    if not isinstance(module, nn.Linear):
-        raise TypeError(f"no float form for {type(module).__name__}")
-    linear = nn.Linear(module.in_features, module.out_features, module.bias is not None)
-    linear.load_state_dict(module.state_dict())
-    return linear.train(module.training)
+    if isinstance(module, FakeQuantizeConv1D):
+        conv = transformers_conv1d()(module.nf, module.nx)  # a model holding one loaded it
+        conv.load_state_dict(module.state_dict())
+        return conv.train(module.training)
+    for float_type in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding):
+        if isinstance(module, float_type):  # a fake-quant twin: the same layer without rounding
+            module.__class__ = float_type
+            del module._scheme
+            return module
+    raise TypeError(f"no float form for {type(module).__name__}")
+
+
+_QUANT_LAYERS = (RealQuantizeLinear, RealQuantizeEmbedding, RealQuantizeConv, FakeQuantizeLinear,
+                 FakeQuantizeConv1D, FakeQuantizeConv1d, FakeQuantizeConv2d, FakeQuantizeEmbedding)
 
 
 def to_float_model(model: nn.Module) -> nn.Module:
-    """A float copy of ``model``: every RealQuantizeLinear and FakeQuantizeLinear becomes an
-    ``nn.Linear`` (a quantized layer with its dequantized weight). ``model`` is unchanged.
+    """A float copy of ``model``: every int8 and fake-quant layer of the seed toolkit becomes its
+    float layer (``nn.Linear``, ``Conv1D``, ``nn.Conv1d`` / ``nn.Conv2d``, ``nn.Embedding``; an
+    int8 layer with its dequantized weight). ``model`` is unchanged.
 
     ``fxquant.quantize`` with the layer's scheme maps such a weight back to the same int8 codes,
     so this is how the PTQ pipeline and the ONNX exporter hand a converted model to fxquant.
     """
     return _replace_modules(
         copy.deepcopy(model),
-        lambda m: isinstance(m, (RealQuantizeLinear, FakeQuantizeLinear)),
+        lambda m: isinstance(m, _QUANT_LAYERS),
         _float_layer,
     )
 
@@ -349,35 +399,45 @@ def real_quant_layers(model: nn.Module) -> list[RealQuantizeLinear]:
 
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+_FAKE_MATMULS = (FakeQuantizeLinear, FakeQuantizeConv1D, FakeQuantizeConv1d, FakeQuantizeConv2d)
 
 
 def _layer_scheme(module: nn.Module) -> tuple[Any, ...] | None:
-    """(bits, symmetric, per_channel, mode, reduce_range) of a quantized seed-toolkit layer."""
-    if isinstance(module, RealQuantizeLinear) and module.is_quantized:
+    """(bits, symmetric, per_channel, mode, reduce_range) of a quantized seed-toolkit matmul or
+    conv layer."""
+    if isinstance(module, (RealQuantizeLinear, RealQuantizeConv)) and module.is_quantized:
         mode = module.mode
-    elif isinstance(module, FakeQuantizeLinear):
+    elif isinstance(module, _FAKE_MATMULS):
         mode = "dynamic" if module.quantize_activations else "weight_only"
     else:
         return None
     return (module.bits, module.symmetric, module.per_channel, mode, module.reduce_range)
 
 
+def _table_bits(model: nn.Module) -> dict[str, int]:
+    return {name: m.bits for name, m in model.named_modules()
+            if isinstance(m, (RealQuantizeEmbedding, FakeQuantizeEmbedding))}
+
+
 def quant_config_of(model: nn.Module) -> QuantConfig | None:
     """The QuantConfig that maps ``to_float_model(model)`` back onto ``model``'s int8 layers
     (every other weighted layer skipped), or None when it has no such layer."""
     schemes = {name: s for name, m in model.named_modules() if (s := _layer_scheme(m)) is not None}
+    tables = _table_bits(model)
     if not schemes:
         return None
-    if len(set(schemes.values())) > 1:
+    if len(set(schemes.values())) > 1 or len(set(tables.values())) > 1:
         raise ConfigError(
             "the model's quantized layers use different schemes (bits, symmetry, granularity, "
-            f"mode, reduce_range): {sorted(set(schemes.values()))}; one model has one scheme."
+            f"mode, reduce_range): {sorted(set(schemes.values()))}, embedding bits "
+            f"{sorted(set(tables.values()))}; one model has one scheme."
         )
     bits, symmetric, per_channel, mode, reduce_range = next(iter(schemes.values()))
+    kept = set(schemes) | set(tables)
     skip = tuple(
         name
         for name, m in model.named_modules()
-        if name and name not in schemes and isinstance(m, (*_WEIGHTED, RealQuantizeLinear))
+        if name and name not in kept and isinstance(m, (*_WEIGHTED, RealQuantizeLinear))
     )
     return QuantConfig(
         mode=mode,
@@ -386,5 +446,6 @@ def quant_config_of(model: nn.Module) -> QuantConfig | None:
         weight_granularity="per_channel" if per_channel else "per_tensor",
         reduce_range=reduce_range,
         pair_safe_weights=False,  # seed layers use plain min-max scales
+        embedding_bits=next(iter(tables.values()), 8),
         skip=skip,
     )
