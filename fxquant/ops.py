@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from . import numerics
-from .kernels import conv, fbgemm, reference
+from .kernels import conv, fbgemm, reference, weight_only
 
 _lib = torch.library.Library("fxquant", "DEF")
 _state = threading.local()
@@ -269,8 +269,9 @@ ALL_OPS = (*ALL_OPS, *FUSED_CONV_OPS)
 # scaled by its own abs-max before the per-tensor quantization (QuantConfig.activation_granularity
 # 'per_token'); the int8 GEMM is fbgemm's, the scaling two elementwise ops around it.
 # dequantize_weight_grouped / linear_weight_only_grouped: weight-only layers with one scale (and
-# zero-point) per group of input channels; ``codes`` is uint8 (two 4-bit codes per byte) or int8
-# (fxquant/algorithms/groupwise.py).
+# zero-point) per group of input channels; ``codes`` is uint8, two codes per byte for 4 bits or
+# fewer (fxquant/kernels/packing.py); packed codes in groups of a multiple of 32 run fxquant's int4
+# kernel (fxquant/kernels/weight_only.py), the rest the reference (dequantize + F.linear).
 
 
 def _fake_quantize_dynamic_per_token(x, reduce_range: bool):
@@ -314,6 +315,10 @@ _define(
 
 
 def _linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):
+    packed = codes.shape[1] * 2 == scale.shape[1] * group_size
+    if packed and group_size % 32 == 0 and not getattr(_state, "reference", False):
+        # fxquant's int4 kernel (C++; its own PyTorch fallback where it cannot be built).
+        return weight_only.linear_int4(x, codes, scale, zero_point, group_size, bias)
     return reference.linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size)
 
 

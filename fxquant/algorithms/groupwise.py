@@ -1,8 +1,10 @@
-"""Group-wise weights: one scale (and zero-point) per ``group_size`` consecutive input channels of
-each output row, with the storage layout of fxquant's weight-only kernels.
+"""Group-wise weights as the algorithms and passes use them: one scale (and zero-point) per
+``group_size`` consecutive input channels of each output row.
 
-Layout (the same as :mod:`fxquant.kernels.packing` and ONNX Runtime's ``MatMulNBits``), for a
-weight ``[N, K]`` and ``G = K / group_size`` groups per row:
+The numerics and the packing are :mod:`fxquant.kernels.packing`'s (the weight-only kernels'
+layout); this module adds the record the passes carry (:class:`GroupedWeight`) and the signed
+view GPTQ works in. Layout (also ONNX Runtime's ``MatMulNBits``), for a weight ``[N, K]`` and
+``G = K / group_size`` groups per row:
 
 * codes are **unsigned**, uint8 in ``0 .. 2**bits - 1``; ``w' = (q - zero_point) * scale``;
 * ``scale`` float32 ``[N, G]``, ``zero_point`` uint8 ``[N, G]``;
@@ -20,6 +22,20 @@ from dataclasses import dataclass
 import torch
 
 from .. import numerics
+from ..kernels import packing
+from ..kernels.packing import dequantize_groupwise, pack_int4, unpack_int4
+
+__all__ = [
+    "GroupedWeight",
+    "dequantize_groupwise",
+    "expand_groups",
+    "from_signed",
+    "groupwise_qparams",
+    "pack_int4",
+    "quantize_groupwise",
+    "stored_to_codes",
+    "unpack_int4",
+]
 
 
 @dataclass(frozen=True)
@@ -82,38 +98,10 @@ def from_signed(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
 
 def quantize_groupwise(w: torch.Tensor, bits: int, group_size: int, symmetric: bool
                        ) -> GroupedWeight:
-    """Round-to-nearest group-wise quantization: every element within half a step of its
-    group's grid."""
-    w = w.detach().float()
-    scale, zero_point = groupwise_qparams(w, bits, symmetric, group_size)
-    qr = numerics.weight_qrange(bits, symmetric)
-    codes = numerics.quantize(_groups(w, group_size), scale.unsqueeze(-1),
-                              zero_point.unsqueeze(-1), qr, torch.int16)
-    return from_signed(codes.reshape(w.shape), scale, zero_point, bits, group_size)
-
-
-def dequantize_groupwise(
-    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int
-) -> torch.Tensor:
-    """float32 ``[N, K]``: ``(codes - zero_point) * scale`` per group (codes unpacked)."""
-    q = _groups(codes, group_size)
-    w = numerics.dequantize(q, scale.unsqueeze(-1), zero_point.unsqueeze(-1))
-    return w.reshape(codes.shape)
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., K]`` codes in 0..15 to uint8 ``[..., K / 2]``, even k in the low nibble."""
-    if codes.dtype != torch.uint8 or codes.shape[-1] % 2:
-        raise ValueError(f"pack_int4 takes uint8 codes with an even last dimension, got "
-                         f"{codes.dtype} {tuple(codes.shape)}")
-    if codes.numel() and int(codes.max()) > 15:
-        raise ValueError(f"4-bit codes must be in 0..15, got a code {int(codes.max())}")
-    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`pack_int4`."""
-    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)
+    """Round-to-nearest group-wise quantization (:func:`fxquant.kernels.packing.
+    quantize_groupwise`): every element within half a step of its group's grid."""
+    q = packing.quantize_groupwise(w, bits, group_size, symmetric)
+    return GroupedWeight(q.codes, q.scale, q.zero_point, group_size, bits)
 
 
 def stored_to_codes(stored: torch.Tensor, columns: int) -> torch.Tensor:

@@ -96,8 +96,10 @@ class InputStatistics(Observer):
     # --- the input was divided by s ------------------------------------------------------------
 
     def rescale(self, s: torch.Tensor) -> None:
-        """The input is now ``x / s`` (``s`` > 0, one per channel): update every statistic."""
-        assert self.min_val is not None and self.max_val is not None and self.abs_sum is not None
+        """The input is now ``x / s`` (``s`` > 0, one per channel): update every statistic
+        (none to update when no data came: a structural replay)."""
+        if self.min_val is None or self.max_val is None or self.abs_sum is None:
+            return
         self.min_val = self.min_val / s
         self.max_val = self.max_val / s
         self.abs_sum = self.abs_sum / s.double()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import numerics
+from . import packing
 
 
 def fake_quantize_dynamic(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
@@ -117,10 +118,9 @@ def linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bo
 
 def dequantize_weight_grouped(codes, scale, zero_point, group_size: int) -> torch.Tensor:
     """Stored group-wise codes (packed uint8 or int8) to the float32 weight ``[N, K]``."""
-    from ..algorithms.groupwise import dequantize_groupwise, stored_to_codes
-
     columns = scale.shape[1] * group_size
-    return dequantize_groupwise(stored_to_codes(codes, columns), scale, zero_point, group_size)
+    q = packing.unpack_int4(codes) if codes.shape[1] * 2 == columns else codes
+    return packing.dequantize_groupwise(q, scale, zero_point, group_size)
 
 
 def linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):

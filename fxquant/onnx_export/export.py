@@ -34,7 +34,7 @@ from . import checks
 from .dynamic_shapes import traceable_sizes
 from .finalize import finalize
 from .lower import Lowered, lower_placeholders
-from .metadata import build_metadata, write_metadata
+from .metadata import accuracy_metadata, build_metadata, write_metadata
 from .scheme import resolve_scheme
 from .trace import trace_to_onnx
 from .validate import ValidationReport, run_validation, twin_of
@@ -140,6 +140,7 @@ def export_onnx(
     output_names: Sequence[str] | None = None,
     validate: bool = False,
     matmul_weights: str = "auto",
+    matmul_nbits: bool = False,
 ) -> ExportResult:
     """Export a model quantized by fxquant (any mode) as a standard ONNX file.
 
@@ -162,6 +163,10 @@ def export_onnx(
             saturate an AVX2 kernel, as fxquant's default pair-safe scales guarantee; uint8
             otherwise, exact on every CPU), ``"int8"`` or ``"uint8"``. See
             :mod:`fxquant.onnx_export.scheme`.
+        matmul_nbits: write group-wise 4-bit weights as ONNX Runtime's ``com.microsoft``
+            ``MatMulNBits`` (packed codes, computed in 4 bits) instead of the standard opset-14
+            dequantization (int8 codes, folded to float at load); see
+            :mod:`fxquant.onnx_export.lower_grouped`. The file then imports ``com.microsoft``.
 
     Returns:
         an :class:`ExportResult` (path, size, names, and the validation report if requested).
@@ -174,7 +179,7 @@ def export_onnx(
     untraced = checks.inspect_model(copy.deepcopy(model)) if validate else None
     target = checks.check_path(path)
     checks.check_opset_for(subject, opset)
-    scheme = resolve_scheme(subject.config, matmul_weights)
+    scheme = resolve_scheme(subject.config, matmul_weights, matmul_nbits, opset)
     inputs, outputs = checks.check_example_inputs(subject, example_inputs)
     in_names = list(input_names) if input_names else _input_names(subject.model, len(inputs))
     out_names = list(output_names) if output_names else list(outputs.names)
@@ -197,7 +202,8 @@ def export_onnx(
     sources = _sources(subject, "" if outputs.flat else "model")
     lowered = lower_placeholders(proto, sources, scheme)
     _describe(proto, subject, lowered)
-    finalize(proto, opset, {name for dims in axes.values() for name in dims.values()})
+    finalize(proto, opset, {name for dims in axes.values() for name in dims.values()},
+             allow_contrib=scheme.matmul_nbits)
     data = proto.SerializeToString()
     mode = subject.config.mode if subject.config else "float"
     report = None
@@ -221,6 +227,7 @@ def _describe(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered)
         subject.config, subject.record, source_class, lowered.codes_types, len(lowered.weights)
     )
     write_metadata(proto, props, lowered.annotations)
+    props.update(accuracy_metadata(subject.config, lowered.grouped))
     proto.graph.name = source_class
     proto.doc_string = (
         f"{source_class} quantized by fxquant ({props['fxquant.mode']}); "

@@ -2,9 +2,10 @@
 ``onnx.checker.check_model(full_check=True)``.
 
 Requires: a lowered model (no placeholder left).
-Guarantees: ``opset_import`` is exactly ``ai.onnx`` at the requested opset; ``ir_version`` is the
-one that goes with that opset; the file passes the full checker (which also runs strict shape
-inference). Any node outside the default domain is an error naming it.
+Guarantees: ``opset_import`` is exactly ``ai.onnx`` at the requested opset (plus ``com.microsoft``
+when the export was asked for ONNX Runtime's ``MatMulNBits``); ``ir_version`` is the one that goes
+with that opset; the file passes the full checker (which also runs strict shape inference). Any
+other node outside the default domain is an error naming it.
 """
 
 from __future__ import annotations
@@ -46,9 +47,17 @@ def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
                 dim.dim_param = f"{output.name}_dim_{i}"
 
 
-def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = frozenset()) -> None:
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph)
-                      if n.domain not in ("", "ai.onnx")})
+# Ops outside the default domain a file may hold when the export was asked for them:
+# ONNX Runtime's 4-bit matmul (export_onnx(..., matmul_nbits=True)).
+CONTRIB = {"com.microsoft::MatMulNBits": ("com.microsoft", 1)}
+
+
+def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = frozenset(),
+             allow_contrib: bool = False) -> None:
+    used = {f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph)
+            if n.domain not in ("", "ai.onnx")}
+    contrib = sorted(used & set(CONTRIB)) if allow_contrib else []
+    foreign = sorted(used - set(contrib))
     if foreign:
         raise ExportError(
             f"the exported graph uses ops outside the default ONNX domain: {foreign}. fxquant "
@@ -56,6 +65,8 @@ def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = froze
         )
     del model.opset_import[:]
     model.opset_import.append(onnx.helper.make_opsetid("", opset))
+    for domain, version in sorted({CONTRIB[op] for op in contrib}):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, version))
     model.ir_version = ir_version_for(opset)
     # Value infos from tracing describe the placeholders' outputs; ONNX Runtime infers its own.
     del model.graph.value_info[:]

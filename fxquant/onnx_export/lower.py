@@ -12,7 +12,7 @@ writing the patterns here keeps them exactly the ones ONNX Runtime fuses, in one
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,7 +22,12 @@ from .builder import GraphBuilder
 from .context import LoweringContext
 from .conv_bias import quantize_conv_biases
 from .lower_embedding import lower_embedding
+from .lower_grouped import lower_dequantize_weight_grouped, lower_linear_weight_only_grouped
 from .lower_linear import lower_linear_dynamic, lower_linear_static, lower_linear_weight_only
+from .lower_per_token import (
+    lower_fake_quantize_dynamic_per_token,
+    lower_linear_dynamic_per_token,
+)
 from .lower_qdq import (
     lower_dequantize_activation,
     lower_dequantize_weight,
@@ -52,6 +57,12 @@ RULES: dict[str, _Placeholder] = {
     "fake_quantize_dynamic": _Placeholder(lower_fake_quantize_dynamic, None, "stored"),
     "quantize_activation": _Placeholder(lower_quantize_activation, None, "stored"),
     "dequantize_activation": _Placeholder(lower_dequantize_activation, None, "stored"),
+    "linear_dynamic_per_token": _Placeholder(lower_linear_dynamic_per_token, 1, "transposed"),
+    "fake_quantize_dynamic_per_token": _Placeholder(lower_fake_quantize_dynamic_per_token, None,
+                                                    "stored"),
+    # Group-wise weights have their own layout (lower_grouped.py), not the int8 weight table's.
+    "linear_weight_only_grouped": _Placeholder(lower_linear_weight_only_grouped, None, "stored"),
+    "dequantize_weight_grouped": _Placeholder(lower_dequantize_weight_grouped, None, "stored"),
 }
 
 
@@ -63,6 +74,7 @@ class Lowered:
     codes_types: frozenset[str]  # "int8" / "uint8": what the integer layers' weights use
     annotations: Mapping[str, tuple[str, str]]
     placeholders: Mapping[str, int]  # op name -> how many were lowered
+    grouped: Mapping[str, int] = field(default_factory=dict)  # group-wise form -> layers
 
 
 def _subgraph_placeholders(graph: onnx.GraphProto) -> Iterator[str]:
@@ -129,4 +141,5 @@ def lower_placeholders(
     del graph.initializer[:]
     graph.initializer.extend(t for name, t in b.initializers.items() if name in used)
     integer = frozenset(u.codes_type for u in uses if u.integer)
-    return Lowered(tuple(weights.weights), integer, dict(b.annotations), counts)
+    return Lowered(tuple(weights.weights), integer, dict(b.annotations), counts,
+                   dict(b.memo("grouped_forms") or {}))

@@ -69,6 +69,30 @@ def build_metadata(
     return props
 
 
+def accuracy_metadata(config: QuantConfig | None, forms: Mapping[str, int]) -> dict[str, str]:
+    """Keys for the outlier-aware and low-bit options, only where the file uses them: per-token
+    activations, SmoothQuant, GPTQ / AWQ, and group-wise weights (the group size and how many
+    layers took each form: ``standard`` opset-14 dequantization or ``MatMulNBits``)."""
+    props: dict[str, str] = {}
+    if config is None:
+        return props
+    if config.per_token_activations:
+        props["fxquant.activation_scheme"] = (
+            "dynamic per-token: rows divided by their abs-max, then DynamicQuantizeLinear "
+            "(uint8, 0..255)")
+    if config.smoothquant_alpha is not None:
+        props["fxquant.smoothquant_alpha"] = str(config.smoothquant_alpha)
+    if config.weight_method != "rtn":
+        props["fxquant.weight_method"] = config.weight_method
+    if forms:
+        described = {"standard": "standard (int8 codes; Cast/Sub/Mul/Reshape + MatMul)",
+                     "MatMulNBits": "com.microsoft MatMulNBits (packed 4-bit codes)"}
+        props["fxquant.group_size"] = str(config.group_size)
+        props["fxquant.grouped_weights"] = "; ".join(f"{described.get(k, k)}: {v}"
+                                                     for k, v in sorted(forms.items()))
+    return props
+
+
 def write_metadata(
     model: onnx.ModelProto, props: Mapping[str, str], annotations: Mapping[str, tuple[str, str]]
 ) -> None:

@@ -29,6 +29,8 @@ _REDUCE_RANGE_ARG = {
     ops.fake_quantize_dynamic: 1,
     ops.linear_static: 3,
     ops.quantize_activation: 3,
+    ops.linear_dynamic_per_token: 5,
+    ops.fake_quantize_dynamic_per_token: 1,
     ops.conv_dynamic: 5,
     ops.conv_static: 3,
 }

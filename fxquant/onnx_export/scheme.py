@@ -35,7 +35,7 @@ CodesType = Literal["int8", "uint8"]
 _CHOICES = ("auto", "int8", "uint8")
 SAFE_WEIGHT_CODE = 64  # 255 * 64 * 2 = 32,640 <= 32,767: no 16-bit pair sum can overflow
 # Placeholders whose weights meet quantized activations in an integer GEMM.
-_INTEGER = {"linear_dynamic", "linear_static"}
+_INTEGER = {"linear_dynamic", "linear_static", "linear_dynamic_per_token"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class ExportScheme:
 
     mode: str
     matmul_weights: str  # "auto", "int8" or "uint8"
+    # Group-wise 4-bit weights as ONNX Runtime's com.microsoft MatMulNBits (opt-in) instead of
+    # the standard opset-14 dequantization (lower_grouped.py).
+    matmul_nbits: bool = False
+    opset: int = 14  # the ai.onnx opset the file is written for
 
     def is_integer(self, placeholder: str) -> bool:
         """Whether a placeholder's weights meet quantized activations in an integer kernel."""
@@ -76,10 +80,12 @@ def cannot_saturate(placeholder: str, codes: np.ndarray) -> bool:
     return int(np.abs(wide).max(initial=0)) <= SAFE_WEIGHT_CODE
 
 
-def resolve_scheme(config: QuantConfig | None, matmul_weights: str) -> ExportScheme:
+def resolve_scheme(config: QuantConfig | None, matmul_weights: str,
+                   matmul_nbits: bool = False, opset: int = 14) -> ExportScheme:
     if matmul_weights not in _CHOICES:
         raise ConfigError(
             f"matmul_weights={matmul_weights!r}: choose 'auto' (int8 where the weight codes "
             "cannot saturate ONNX Runtime's AVX2 kernel, uint8 elsewhere), 'int8' or 'uint8'."
         )
-    return ExportScheme(config.mode if config is not None else "float", matmul_weights)
+    return ExportScheme(config.mode if config is not None else "float", matmul_weights,
+                        bool(matmul_nbits), opset)

@@ -16,6 +16,10 @@ Placeholders (inputs | attributes; ``bias`` is omitted when the op has none):
     fake_quantize_dynamic  x | reduce_range
     quantize_activation    x | scale, zero_point, reduce_range
     dequantize_activation  q | scale, zero_point
+    linear_dynamic_per_token      x, codes, scale, zero_point[, bias] | reduce_range
+    fake_quantize_dynamic_per_token  x | reduce_range
+    linear_weight_only_grouped    x, codes, scale, zero_point[, bias] | group_size
+    dequantize_weight_grouped     codes, scale, zero_point | group_size
 
 The fused convolutions are written as the placeholders of their unfused form plus a standard
 ``Conv`` (and ``Relu``), exactly what an unfused conv exports as:
@@ -156,6 +160,38 @@ def conv_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_po
     return _conv(g, xq, w, codes, bias, stride, padding, dilation, groups, relu)
 
 
+def linear_dynamic_per_token(g, x, codes, scale, zero_point, bias, reduce_range):
+    rr = _const(reduce_range, "b", "reduce_range")
+    out = g.op(f"{DOMAIN}::linear_dynamic_per_token",
+               *_tensors(x, codes, scale, zero_point, bias), reduce_range_i=int(rr))
+    return _linear_type(out, x, codes)
+
+
+def fake_quantize_dynamic_per_token(g, x, reduce_range):
+    out = g.op(f"{DOMAIN}::fake_quantize_dynamic_per_token", x,
+               reduce_range_i=int(_const(reduce_range, "b", "reduce_range")))
+    return _set_type(out, x, torch.float32, sh._get_tensor_sizes(x))
+
+
+def linear_weight_only_grouped(g, x, codes, scale, zero_point, bias, group_size):
+    out = g.op(f"{DOMAIN}::linear_weight_only_grouped",
+               *_tensors(x, codes, scale, zero_point, bias),
+               group_size_i=int(_const(group_size, "i", "group size")))
+    x_sizes = sh._get_tensor_sizes(x)
+    n = sh._get_tensor_sizes(scale)
+    sizes = None if x_sizes is None or n is None else [*x_sizes[:-1], n[0]]
+    return _set_type(out, x, torch.float32, sizes)
+
+
+def dequantize_weight_grouped(g, codes, scale, zero_point, group_size):
+    size = int(_const(group_size, "i", "group size"))
+    out = g.op(f"{DOMAIN}::dequantize_weight_grouped", codes, scale, zero_point,
+               group_size_i=size)
+    n = sh._get_tensor_sizes(scale)
+    sizes = None if n is None or None in n else [n[0], n[1] * size]
+    return _set_type(out, scale, torch.float32, sizes)
+
+
 def aten_diff(g, self, n, dim, prepend, append):
     """``torch.diff`` (first order), which the TorchScript exporter lacks and Hugging Face
     GPT-2's position handling uses: ``x[1:] - x[:-1]`` along ``dim`` after the concatenations."""
@@ -200,6 +236,10 @@ SYMBOLICS: dict[str, Callable[..., _Value]] = {
     "fxquant::fake_quantize_dynamic": fake_quantize_dynamic,
     "fxquant::quantize_activation": quantize_activation,
     "fxquant::dequantize_activation": dequantize_activation,
+    "fxquant::linear_dynamic_per_token": linear_dynamic_per_token,
+    "fxquant::fake_quantize_dynamic_per_token": fake_quantize_dynamic_per_token,
+    "fxquant::linear_weight_only_grouped": linear_weight_only_grouped,
+    "fxquant::dequantize_weight_grouped": dequantize_weight_grouped,
     "fxquant::conv_dynamic": conv_dynamic,
     "fxquant::conv_static": conv_static,
 }

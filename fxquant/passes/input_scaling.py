@@ -169,7 +169,7 @@ def _update_activation_observers(gm: fx.GraphModule, stats_node: fx.Node,
                                  stats: InputStatistics) -> None:
     for user in stats_node.users:
         observer = _observer(gm, user, Observer)
-        if observer is None:
+        if observer is None or stats.min_val is None:  # (no data: a structural replay)
             continue
         if not isinstance(observer, MinMaxObserver):
             raise PassError(f"{observer.target}: only a min-max activation observer can follow an "
