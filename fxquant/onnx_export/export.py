@@ -226,8 +226,8 @@ def _describe(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered)
     props = build_metadata(
         subject.config, subject.record, source_class, lowered.codes_types, len(lowered.weights)
     )
-    write_metadata(proto, props, lowered.annotations)
     props.update(accuracy_metadata(subject.config, lowered.grouped))
+    write_metadata(proto, props, lowered.annotations)
     proto.graph.name = source_class
     proto.doc_string = (
         f"{source_class} quantized by fxquant ({props['fxquant.mode']}); "
