@@ -32,6 +32,7 @@ from .regions.compile import (
     calibrate_regions,
     convert_regions,
     prepare_regions,
+    stamp_converted,
     whole_model_record,
 )
 from .regions.shell import share_copy, storages, unshare
@@ -198,7 +199,9 @@ def convert(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
     if ctx.config.mode == "static" and "calibration_batches" not in _record(gm):
         passes.run_passes(gm, passes.CALIBRATE, ctx)  # raises the "no calibration data" error
     gm = passes.run_passes(gm, passes.CONVERT, ctx)
+    stamp_converted(gm)
     unshare(gm, user_storages)
+    gm = passes.run_passes(gm, passes.RUNTIME, ctx)
     record = _record(gm)
     record["stage"] = "converted"
     record["timings"] = {**record.get("timings", {}), **ctx.timings}

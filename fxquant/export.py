@@ -31,6 +31,7 @@ from torch import nn
 
 from . import api, utils
 from .capture import as_input_tuple
+from .passes.pack_weights import portable_model
 from .errors import ExportError
 from .onnx_export import ExportResult, export_onnx, onnx_info
 from .onnx_export.reference import export_reference
@@ -157,7 +158,7 @@ class ONNXExporter:
             if self.exported_model is not None
             else self.exportable_model(inputs)
         )
-        twin = export_reference(model) if _converted(model) else model
+        twin = export_reference(portable_model(model)) if _converted(model) else model
         data = Path(path).read_bytes()
         graph = onnx.load_model_from_string(data).graph
         initializers = {t.name for t in graph.initializer}

@@ -53,6 +53,7 @@ class LayerRecord:
     scheme: str = ""
     op: str = ""
     reason: str = ""
+    kernel: str = ""  # what runs it, and why not the fast path where it is not
 
 
 @dataclass
@@ -87,6 +88,23 @@ class QuantRecord:
         out["config"] = self.config.to_dict()
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantRecord:
+        """Inverse of :meth:`to_dict` (``fxquant.load`` reads the record back from JSON). Fields
+        this fxquant does not know (a newer one recorded more) are ignored; the config is strict
+        (``QuantConfig.from_dict``)."""
+        data = _known(cls, data)
+        data.pop("example", None)
+        return cls(
+            config=QuantConfig.from_dict(data.pop("config")),
+            regions=[RegionRecord(**_known(RegionRecord, r)) for r in data.pop("regions", [])],
+            float_modules=[FloatModule(**_known(FloatModule, f))
+                           for f in data.pop("float_modules", [])],
+            layers=[LayerRecord(**_known(LayerRecord, x)) for x in data.pop("layers", [])],
+            tied=[tuple(t) for t in data.pop("tied", [])],
+            **data,
+        )
+
     def table(self) -> str:
         """Regions, layers and timings as plain-text tables."""
         head = (f"{self.source_class}: {self.stage}, mode {self.config.mode}, capture "
@@ -98,8 +116,8 @@ class QuantRecord:
             rows += [(f.name, f.module_type, f"float: {f.reason}") for f in self.float_modules]
             parts.append(tabulate(rows, headers=("region", "type", "capture")))
         rows = [(layer.name, layer.kind, "int8" if layer.quantized else "float",
-                 layer.scheme or layer.reason, layer.op) for layer in self.layers]
-        parts.append(tabulate(rows, headers=("layer", "kind", "", "scheme / reason", "op")))
+                 layer.scheme or layer.reason, layer.kernel or layer.op) for layer in self.layers]
+        parts.append(tabulate(rows, headers=("layer", "kind", "", "scheme / reason", "kernel")))
         if self.tied:
             parts.append("tied (one int8 table): " + "; ".join(" = ".join(t) for t in self.tied))
         if self.timings:
@@ -108,6 +126,11 @@ class QuantRecord:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def record_of(model: nn.Module) -> QuantRecord | None:

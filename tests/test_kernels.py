@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,23 +193,36 @@ def test_packed_weight_is_rebuilt_after_in_place_change(op_name):
     assert close(fast2, ref2) and not torch.allclose(fast2, fast1)
 
 
-def test_converted_model_follows_its_int8_buffer():
+def test_load_state_dict_repacks_the_int8_weight():
+    # The codes stay the source of truth: loading new ones re-packs the fast kernel's weight.
     model = nn.Sequential(nn.Linear(IN, OUT)).eval()
     x = _input(2)
     qmodel = fxquant.quantize(model, (x,))
     before = qmodel(x)
-    buffer = getattr(qmodel.fxq, "0_w_int8")
-    with torch.no_grad():
-        buffer.copy_(torch.flip(buffer, dims=[0]))  # in place
+    state = qmodel.state_dict()
+    codes = state["fxq.0_w_int8"]
+    state["fxq.0_w_int8"] = torch.flip(codes, dims=[0])
+    qmodel.load_state_dict(state)
     after = qmodel(x)
+    assert torch.equal(qmodel.state_dict()["fxq.0_w_int8"], torch.flip(codes, dims=[0]))
     with ops.reference_kernels():
-        expected = qmodel(x)
+        expected = fxquant.portable(qmodel)(x)
     assert not torch.allclose(after, before)
-    qw = numerics.QuantizedWeight(buffer, getattr(qmodel.fxq, "0_w_scale"),
-                                  getattr(qmodel.fxq, "0_w_zp"), 0)
+    qw = numerics.QuantizedWeight(state["fxq.0_w_int8"], state["fxq.0_w_scale"],
+                                  state["fxq.0_w_zp"], 0)
     x_scale, _ = numerics.activation_qparams(x.min().item(), x.max().item(), True)
     assert bool(((after - expected).abs() <= _int8_matmul_tolerance(x_scale, qw, x, expected))
                 .all())
+
+
+def test_packed_model_deepcopies_and_keeps_one_copy_of_its_weights():
+    model = nn.Sequential(nn.Linear(IN, OUT)).eval()
+    x = _input(3)
+    qmodel = fxquant.quantize(model, (x,))
+    assert "0_w_int8" not in dict(qmodel.fxq.named_buffers())  # only the packed copy in RAM
+    twin = copy.deepcopy(qmodel)
+    assert torch.equal(twin(x), qmodel(x))
+    assert torch.equal(twin.state_dict()["fxq.0_w_int8"], qmodel.state_dict()["fxq.0_w_int8"])
 
 
 def test_default_weights_cannot_saturate_the_fast_kernel():

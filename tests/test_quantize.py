@@ -14,13 +14,15 @@ from torch.utils.data import DataLoader, TensorDataset
 import fxquant
 from benchmarks.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 from fxquant import QuantConfig, ops
+from fxquant.kernels import fbgemm
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 MODES = ("dynamic", "static", "weight_only")
+# The fused op of each mode, and the fbgemm call it becomes once its weight is packed.
 FUSED = {
-    "dynamic": ops.linear_dynamic,
-    "static": ops.linear_static,
-    "weight_only": ops.linear_weight_only,
+    "dynamic": {ops.linear_dynamic, fbgemm.LINEAR_DYNAMIC},
+    "static": {ops.linear_static, fbgemm.LINEAR_STATIC},
+    "weight_only": {ops.linear_weight_only},
 }
 
 # Bounds on ||int8(x) - fp32(x)|| / ||fp32(x)|| over held-out batches, default config
@@ -66,7 +68,7 @@ def _quantize(kind: str, config: QuantConfig):
 @pytest.mark.parametrize("mode", MODES)
 def test_int8_model_tracks_fp32(kind, mode):
     model, qmodel, batch = _quantize(kind, QuantConfig(mode=mode))
-    fused = [n for n in qmodel.graph.nodes if n.target is FUSED[mode]]
+    fused = [n for n in qmodel.graph.nodes if n.target in FUSED[mode]]
     assert len(fused) == (2 if kind == "mlp" else 9)
     with torch.no_grad():
         for seed in range(10, 15):  # batches not seen in calibration
@@ -105,7 +107,7 @@ def test_conv_net_quantizes_with_int8_convs(mode):
     else:  # both convs run the int8 kernel, each with its ReLU fused
         assert reasons == []
         assert [n.args[-1] for n in convs] == [True, True]
-    assert sum(n.target is FUSED[mode] for n in qmodel.graph.nodes) == 1  # the fc head
+    assert sum(n.target in FUSED[mode] for n in qmodel.graph.nodes) == 1  # the fc head
     assert qmodel.state_dict()["fxq.conv1_w_int8"].dtype == torch.int8
     x = batch(10)
     with torch.no_grad():

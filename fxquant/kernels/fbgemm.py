@@ -149,3 +149,26 @@ def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
     if bias is not None:
         y += bias
     return y
+
+
+def pack(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+         bias: torch.Tensor | None) -> Any:
+    """fbgemm's packed form of an int8 weight, built once (the runtime graph holds it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the quantized-tensor type exists only for this call
+        qweight = torch._make_per_channel_quantized_tensor(
+            codes, scale.double(), zero_point.long(), 0
+        )
+        return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach())
+
+
+def unpack(packed: Any) -> torch.Tensor:
+    """The int8 codes a packed weight was built from (exact)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qweight, _ = torch.ops.quantized.linear_unpack(packed)
+        return qweight.int_repr()
+
+
+LINEAR_DYNAMIC = _LINEAR_DYNAMIC
+LINEAR_STATIC = _LINEAR_STATIC

@@ -13,7 +13,6 @@ every step succeeded, so a failed export leaves no file at ``path``.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import os
 import tempfile
@@ -30,6 +29,7 @@ from torch.utils import _pytree as pytree
 
 from .. import ops
 from ..errors import ExportError
+from ..passes.pack_weights import portable_model
 from . import checks
 from .dynamic_shapes import traceable_sizes
 from .finalize import finalize
@@ -174,9 +174,10 @@ def export_onnx(
     # Tracing runs the model under torch.jit tracing, and some models (Hugging Face transformers)
     # keep state from such a run: measured, a MiniLM exported in place gave different embeddings
     # afterwards. The export works on a copy, so the user's model is never changed.
-    subject = checks.inspect_model(copy.deepcopy(model))
+    # portable_model copies, and turns packed runtime regions back into fxquant ops.
+    subject = checks.inspect_model(portable_model(model))
     # The validation reference gets a copy of its own, never run under tracing (see above).
-    untraced = checks.inspect_model(copy.deepcopy(model)) if validate else None
+    untraced = checks.inspect_model(portable_model(model)) if validate else None
     target = checks.check_path(path)
     checks.check_opset_for(subject, opset)
     scheme = resolve_scheme(subject.config, matmul_weights, matmul_nbits, opset)

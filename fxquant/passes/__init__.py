@@ -15,6 +15,7 @@
     fuse_dequant_matmul            dequantize -> matmul  =>  one fused int8 op
     fuse_conv_relu                 int8 conv -> ReLU  =>  the conv applies the ReLU
     cleanup                        dead code, unused float weights, sanity checks
+    pack_weights                   runtime form: fbgemm called directly on weights packed once
 
 Quantization-aware training (``fxquant.prepare_qat``, then ``fxquant.convert``) runs PREPARE, then
     insert_fake_quant              observers -> fake quantizers (trainable simulation)
@@ -40,6 +41,7 @@ from .insert_fake_quant import run_insert_fake_quant
 from .insert_observers import run_insert_observers
 from .insert_statistics import run_insert_statistics
 from .lower_to_int8 import run_lower_to_int8
+from .pack_weights import run_pack_weights
 from .smooth_quant import run_smooth_quant
 
 # Region-wise capture runs PREPARE in two halves: every region is canonicalized and annotated
@@ -53,6 +55,8 @@ CONVERT: tuple[Pass, ...] = (
     run_smooth_quant, run_awq, run_gptq, run_drop_statistics,
     run_lower_to_int8, run_fuse_dequant_matmul, run_fuse_conv_relu, run_cleanup
 )
+# After conversion: the runtime form (weights packed once for the fast kernel).
+RUNTIME: tuple[Pass, ...] = (run_pack_weights,)
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
 # Quantization-aware training: the model trains between QAT_PREPARE and QAT_FREEZE.
 QAT_PREPARE: tuple[Pass, ...] = (run_insert_fake_quant,)
@@ -69,6 +73,7 @@ __all__ = [
     "QAT_FREEZE",
     "QAT_PIPELINE",
     "QAT_PREPARE",
+    "RUNTIME",
     "Pass",
     "PassContext",
     "PassResult",

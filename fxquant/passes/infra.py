@@ -43,6 +43,14 @@ class PassContext:
     # Kinds of op ("linear", "embedding", ...) that read a weight (by get_attr target) in *other*
     # regions of the same model: a tied weight gets the scheme that suits all its users.
     weight_kinds: dict[str, set[str]] = field(default_factory=dict)
+    # Tensors (by id) that other modules of the same model also hold: a tied int8 table must stay
+    # a buffer when its matmul packs a copy for the fast kernel.
+    shared_tensors: set[int] = field(default_factory=set)
+    # Structural replay (``fxquant.load``): the weights are on the meta device and the int8
+    # tensors will be loaded from a file, so passes build the same graph and buffers (by shape)
+    # but skip work that reads values (finite checks, packing). Calibration never runs in replay,
+    # and run_passes recompiles the code once after the last pass, not after each.
+    replay: bool = False
 
     def refuse(self, pass_name: str, node: fx.Node, reason: str) -> None:
         self.refusals.setdefault(pass_name, []).append((node.name, reason))
@@ -66,7 +74,8 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext) -> 
             result = p(gm, ctx)
             gm = result.graph_module
             gm.graph.lint()
-            gm.recompile()
+            if not ctx.replay:  # replay reads no code between passes: recompiled once, below
+                gm.recompile()
         except FxQuantError:
             raise
         except Exception as exc:
@@ -81,4 +90,6 @@ def run_passes(gm: fx.GraphModule, passes: Sequence[Pass], ctx: PassContext) -> 
             index = len(list(ctx.dump_dir.glob("*.py")))
             (ctx.dump_dir / f"{index:02d}_{name}.py").write_text(gm.code)
         done.append(name)
+    if ctx.replay:
+        gm.recompile()
     return gm

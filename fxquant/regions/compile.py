@@ -12,6 +12,7 @@ The shell is an instance of the user's own class (a ``GPT2LMHeadModel`` stays on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -94,15 +95,37 @@ def prepare_regions(
     start = time.perf_counter()
     prepared: list[tuple[str, fx.GraphModule]] = []
     for plan in progress_bar(plans, "fxquant: capture regions", progress):
-        gm = plan.graph_module
-        ctx = passes.PassContext(config=_region_config(config, plan.name), dump_dir=dump_dir)
-        gm = passes.run_passes(gm, passes.PREPARE_CANONICAL, ctx)
-        prepared.append((plan.name, gm))
+        prepared.append((plan.name, canonicalize_region(plan.name, plan.graph_module, config,
+                                                        dump_dir=dump_dir)))
         record.regions.append(RegionRecord(plan.name, type(shell.get_submodule(plan.name)).__name__,
                                            plan.capture))
+    observe_regions(shell, prepared, config, dump_dir=dump_dir)
+    record.timings["prepare"] = time.perf_counter() - start
+    record.example = inputs
+    attach(shell, record)
+    return shell
+
+
+def canonicalize_region(
+    name: str, gm: fx.GraphModule, config: QuantConfig, *, dump_dir: Any = None,
+    replay: bool = False,
+) -> fx.GraphModule:
+    """The first half of PREPARE on one captured region (canonical forms, annotations)."""
+    ctx = passes.PassContext(config=_region_config(config, name), dump_dir=dump_dir, replay=replay)
+    return passes.run_passes(gm, passes.PREPARE_CANONICAL, ctx)
+
+
+def observe_regions(
+    shell: nn.Module, prepared: list[tuple[str, fx.GraphModule]], config: QuantConfig, *,
+    dump_dir: Any = None, replay: bool = False,
+) -> None:
+    """The second half of PREPARE on every region (observers, tied weights seen across regions);
+    each observed region replaces its module in ``shell``. ``replay``: structural replay on meta
+    weights (``fxquant.load``)."""
     kinds = _weight_kinds(prepared)
     for name, gm in prepared:
-        ctx = passes.PassContext(config=_region_config(config, name), dump_dir=dump_dir)
+        ctx = passes.PassContext(config=_region_config(config, name), dump_dir=dump_dir,
+                                 replay=replay)
         ctx.weight_kinds = {n.target: kinds.get(id(gm.get_parameter(n.target)), set())
                             for n in gm.graph.nodes if n.op == "get_attr" and _is_param(gm, n)}
         gm = passes.run_passes(gm, passes.PREPARE_OBSERVE, ctx)
@@ -111,10 +134,6 @@ def prepare_regions(
         if own_matrices(layer) == ["weight"] and not any(True for _ in layer.children()):
             gm.meta["fxquant"]["layer_weight_shape"] = tuple(layer.weight.shape)
         set_submodule(shell, name, gm)
-    record.timings["prepare"] = time.perf_counter() - start
-    record.example = inputs
-    attach(shell, record)
-    return shell
 
 
 def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -161,7 +180,8 @@ def _layer_records(prefix: str, gm: fx.GraphModule, config: QuantConfig) -> list
             bits = config.embedding_bits if info["kind"] == "embedding" else config.weight_bits
             scheme = f"w{bits} {config.weight_granularity}, {info.get('mode', config.mode)}"
             op = getattr(node.target, "__name__", str(node.target))
-            layers.append(LayerRecord(name, info["kind"], True, scheme=scheme, op=op))
+            layers.append(LayerRecord(name, info["kind"], True, scheme=scheme, op=op,
+                                      kernel=info.get("kernel", "")))
         else:
             layers.append(LayerRecord(name, info["kind"], False, reason=info.get("reason", "")))
     return layers
@@ -189,6 +209,48 @@ def _tie_tables(shell: nn.Module) -> list[tuple[str, ...]]:
     return tied
 
 
+def stamp_converted(gm: fx.GraphModule) -> None:
+    """Record the SHA-256 of the CONVERT output's code in ``gm.meta["fxquant"]``: a structural
+    replay (``fxquant.load``) must rebuild exactly this graph before the runtime passes run."""
+    digest = hashlib.sha256(gm.code.encode()).hexdigest()
+    gm.meta.setdefault("fxquant", {})["converted_sha256"] = digest
+
+
+def convert_region(
+    shell: nn.Module, name: str, gm: fx.GraphModule, record: QuantRecord, *, replay: bool = False
+) -> None:
+    """CONVERT one observed region; the int8 region replaces it in ``shell`` and its layers are
+    added to ``record``."""
+    ctx = passes.PassContext(config=_region_config(record.config, name), replay=replay)
+    shape = gm.meta["fxquant"].get("layer_weight_shape")
+    gm = passes.run_passes(gm, passes.CONVERT, ctx)
+    if shape is not None:
+        gm = as_layer_region(gm, torch.Size(shape))
+    stamp_converted(gm)
+    # What the ONNX export and older readers look up on a converted GraphModule.
+    gm.meta["fxquant"].update(stage="converted", config=record.config, capture="regions",
+                              source_class=record.source_class, region=name)
+    set_submodule(shell, name, gm)
+    record.layers += _layer_records(name, gm, record.config)
+
+
+def pack_regions(shell: nn.Module, record: QuantRecord) -> None:
+    """The runtime form of every region (weights packed once, see ``passes.pack_weights``); the
+    record's layers then say which kernel each runs."""
+    seen: set[int] = set()
+    tied = set()
+    for m in shell.modules():
+        for t in m._buffers.values():
+            if t is not None:
+                (tied if id(t) in seen else seen).add(id(t))
+    record.layers = []
+    for name, gm in region_modules(shell):
+        ctx = passes.PassContext(config=_region_config(record.config, name), shared_tensors=tied)
+        gm = passes.run_passes(gm, passes.RUNTIME, ctx)
+        set_submodule(shell, name, gm)
+        record.layers += _layer_records(name, gm, record.config)
+
+
 def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
     """The int8 model: every region of ``observed`` lowered and fused; ``observed`` unchanged."""
     source = record_of(observed)
@@ -204,18 +266,10 @@ def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.
     record = dataclasses.replace(source, regions=list(source.regions), layers=[],
                                  timings=dict(source.timings), example=None)
     for name, gm in progress_bar(region_modules(shell), "fxquant: convert regions", progress):
-        ctx = passes.PassContext(config=_region_config(source.config, name))
-        shape = gm.meta["fxquant"].get("layer_weight_shape")
-        gm = passes.run_passes(gm, passes.CONVERT, ctx)
-        if shape is not None:
-            gm = as_layer_region(gm, torch.Size(shape))
-        # What the ONNX export and older readers look up on a converted GraphModule.
-        gm.meta["fxquant"].update(stage="converted", config=source.config, capture="regions",
-                                  source_class=source.source_class, region=name)
-        set_submodule(shell, name, gm)
-        record.layers += _layer_records(name, gm, source.config)
+        convert_region(shell, name, gm, record)
     record.tied = _tie_tables(shell)
     unshare(shell, user_storages)
+    pack_regions(shell, record)
     record.stage = "converted"
     record.timings["convert"] = time.perf_counter() - start
     attach(shell, record)

@@ -22,13 +22,19 @@ def _only(box: torch.nn.Module, suffix: str) -> torch.Tensor | None:
     return found[0] if len(found) == 1 else None
 
 
+def _only_in(state: dict[str, torch.Tensor], suffix: str) -> torch.Tensor | None:
+    found = [t for k, t in state.items() if k.endswith(suffix)]
+    return found[0] if len(found) == 1 else None
+
+
 class LayerRegion(fx.GraphModule):
     """A GraphModule standing in for one layer (class kept through deepcopy)."""
 
     @property
     def weight(self) -> torch.Tensor:
-        box = self.get_submodule("fxq")
-        codes, scale, zp = (_only(box, s) for s in ("_w_int8", "_w_scale", "_w_zp"))
+        # state_dict(), not the buffers: a packed region rebuilds its codes there.
+        state = self.state_dict()
+        codes, scale, zp = (_only_in(state, s) for s in ("_w_int8", "_w_scale", "_w_zp"))
         if codes is None or scale is None or zp is None:
             raise AttributeError(f"{type(self).__name__} holds no single int8 weight")
         w = numerics.dequantize(codes, scale, zp, axis=0)

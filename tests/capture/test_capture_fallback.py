@@ -11,8 +11,10 @@ from torch import nn
 
 import fxquant
 from fxquant import ops
+from fxquant.passes.pack_weights import PACKED_LINEAR_OPS
 
-FUSED = {ops.linear_dynamic, ops.linear_static, ops.linear_weight_only}
+# fxquant's fused ops, and the fbgemm calls they become once weights are packed
+FUSED = {ops.linear_dynamic, ops.linear_static, ops.linear_weight_only, *PACKED_LINEAR_OPS}
 
 
 class ShapeBranch(nn.Module):
@@ -178,7 +180,7 @@ def test_every_spelling_of_a_parameter_matmul_becomes_the_same_op(capture):
     model = FourSpellings().eval()
     x = torch.randn(4, 16)
     q = fxquant.quantize(model, (x,), config=fxquant.QuantConfig(capture=capture))
-    targets = [n.target for n in q.graph.nodes if n.op == "call_function"]
+    targets = [n.target for n in fxquant.portable(q).graph.nodes if n.op == "call_function"]
     assert targets.count(ops.linear_dynamic) == 4
     float_matmuls = {F.linear, torch.addmm, torch.matmul, torch.ops.aten.linear.default,
                      torch.ops.aten.addmm.default, torch.ops.aten.matmul.default,

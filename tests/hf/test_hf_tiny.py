@@ -7,12 +7,14 @@ import torch
 
 import fxquant
 from fxquant import ops
+from fxquant.passes.pack_weights import PACKED_LINEAR_OPS
 
 transformers = pytest.importorskip("transformers", reason="fxquant[hf] extra not installed")
 pytestmark = pytest.mark.hf
 
 MODES = ("dynamic", "static", "weight_only")
-FUSED = {ops.linear_dynamic, ops.linear_static, ops.linear_weight_only}
+# fxquant's fused ops, and the fbgemm calls they become once weights are packed
+FUSED = {ops.linear_dynamic, ops.linear_static, ops.linear_weight_only, *PACKED_LINEAR_OPS}
 # Relative error of the last hidden state / logits against fp32 on these random 2-layer models,
 # measured around 0.006 (BERT) and 0.02 (GPT-2): the bounds leave ~3x margin.
 BOUND = {"bert": 0.03, "gpt2": 0.08}

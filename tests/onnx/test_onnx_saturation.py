@@ -60,5 +60,5 @@ def test_default_pair_safe_weights_are_int8_and_exact(exported, tmp_path):
     result = fxquant.export_onnx(q, tmp_path / "m.onnx", x, validate=True)
     inits = {t.name: t for t in onnx.load(result.path).graph.initializer}
     assert inits["0.w_int8"].data_type == TensorProto.INT8
-    assert int(abs(fxquant.numerics.pair_sums(q.fxq.get_buffer("0_w_int8")).max())) <= 128
+    assert int(abs(fxquant.numerics.pair_sums(q.state_dict()["fxq.0_w_int8"]).max())) <= 128
     assert result.validation.outputs[0].max < 1e-5

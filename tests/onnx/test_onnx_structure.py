@@ -55,9 +55,9 @@ def test_int8_codes_are_the_graphmodules_codes(exported):
     """Linear weights are stored [in, out] (MatMul layout): the transpose of fxquant's buffer."""
     e = exported("mlp", "static")
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(e.path).graph.initializer}
-    buffers = e.qmodel.fxq
-    assert np.array_equal(inits["0.w_int8"], getattr(buffers, "0_w_int8").numpy().T)
-    assert np.allclose(inits["0.w_scale"], getattr(buffers, "0_w_scale").numpy())
+    state = e.qmodel.state_dict()
+    assert np.array_equal(inits["0.w_int8"], state["fxq.0_w_int8"].numpy().T)
+    assert np.allclose(inits["0.w_scale"], state["fxq.0_w_scale"].numpy())
     assert (inits["0.w_zp"] == 0).all()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import fxquant
 from seed_helpers import int8_keys
 from torch import nn
 
@@ -15,7 +17,9 @@ from fxquant.real_quant import convert_to_real_quant
 
 
 def _fused_ops(gm) -> list:
-    return [n.target for n in gm.graph.nodes if n.target in ops.FUSED_LINEAR_OPS]
+    """The fused int8 ops of ``gm``'s fxquant-op graph (its portable form)."""
+    portable = fxquant.portable(gm)
+    return [n.target for n in portable.graph.nodes if n.target in ops.FUSED_LINEAR_OPS]
 
 
 def test_calibrated_pipeline_builds_a_static_int8_model(mlp, calibration_loader):

@@ -1,0 +1,237 @@
+"""Pack once: the runtime graph calls fbgemm directly on weights packed at convert time.
+
+Requires: a converted GraphModule (fused and cleaned: ``fxquant.linear_dynamic`` /
+``linear_static`` nodes reading ``fxq.*_w_int8`` buffers through ``get_attr``).
+Guarantees: every such node whose fast kernel applies becomes one call of
+``quantized::linear_dynamic`` / ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` on a
+packed weight held as a plain attribute of the GraphModule (``_packed_<n>``, read in ~0.1 us; not
+a dotted buffer path through ``Module.__getattr__``). The int8 codes it was packed from are
+dropped from the module (one copy of the weights in RAM), unless something else still reads them
+(a tied embedding table); ``state_dict()`` rebuilds them by unpacking, bit-exact, under the same
+keys, and ``load_state_dict`` re-packs from the codes it is given. Each fused node records its
+kernel in ``meta["fxquant"]["kernel"]``, or why it kept the fxquant op (``ctx.refusals``).
+``portable(gm)`` rebuilds the fxquant-op graph (the twin that ONNX export, ``torch.export`` and
+``torch.compile`` read).
+Why: the fxquant op's own path (argument scan, packed-weight cache check, dispatcher to a Python
+kernel, four dotted buffer reads) cost ~46 us around a 69 us fbgemm call at one token; torch.ao
+pays ~30 us. Packing once removes all of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .. import ops
+from ..graph import fetch_attr, meta
+from ..kernels import fbgemm
+from .infra import PassContext, PassResult
+
+PASS = "pack_weights"
+_PACKED = "packed"  # gm.meta["fxquant"][_PACKED]: {attribute: PackedLinear}
+
+
+@dataclass(frozen=True)
+class PackedLinear:
+    """How a packed call maps back onto its fxquant op and buffers."""
+
+    op: str  # "linear_dynamic" | "linear_static"
+    codes: str
+    scale: str
+    zero_point: str
+    bias: str | None
+    kept_codes: bool  # the codes buffer stayed (something else reads it)
+
+
+def _attr(node: Any) -> str | None:
+    return str(node.target) if isinstance(node, fx.Node) and node.op == "get_attr" else None
+
+
+def _layout(node: fx.Node) -> tuple[str, tuple[Any, ...], tuple[Any, ...]] | None:
+    """(op name, (codes, scale, zero_point, bias) nodes, activation args) of a fused linear."""
+    if node.target is ops.linear_dynamic:
+        x, codes, scale, zp, bias, rr = node.args
+        return "linear_dynamic", (codes, scale, zp, bias), (x, rr)
+    if node.target is ops.linear_static:
+        x, x_scale, x_zp, rr, codes, scale, zp, bias = node.args
+        return "linear_static", (codes, scale, zp, bias), (x, x_scale, x_zp, rr)
+    return None
+
+
+def check(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """Why ``node`` keeps the fxquant op, or None when it can call fbgemm on a packed weight."""
+    if not fbgemm.available():
+        return "fbgemm is not compiled into this PyTorch build"
+    op, weights, act = _layout(node)  # type: ignore[misc]
+    if op == "linear_static" and act[3]:
+        return "7-bit activations (reduce_range) need fxquant's clamp before the kernel"
+    if any(_attr(w) is None for w in weights[:3]) or (
+            weights[3] is not None and _attr(weights[3]) is None):
+        return "weight or bias is computed in the graph, not a buffer"
+    codes = fetch_attr(gm, _attr(weights[0]))
+    if codes.dtype != torch.int8 or codes.dim() != 2 or codes.device.type != "cpu":
+        return "the weight is not a 2-D int8 CPU tensor"
+    return None
+
+
+def _pack(gm: fx.GraphModule, entry: PackedLinear) -> Any:
+    bias = None if entry.bias is None else fetch_attr(gm, entry.bias)
+    return fbgemm.pack(fetch_attr(gm, entry.codes), fetch_attr(gm, entry.scale),
+                       fetch_attr(gm, entry.zero_point), bias)
+
+
+def _rewrite(
+    gm: fx.GraphModule, node: fx.Node, entries: dict[str, PackedLinear]
+) -> tuple[str, PackedLinear]:
+    op, weights, act = _layout(node)  # type: ignore[misc]
+    codes, scale, zp, bias = (_attr(w) for w in weights)
+    entry = PackedLinear(op, codes, scale, zp, bias, kept_codes=False)  # type: ignore[arg-type]
+    # A layer called twice (or a weight read by two calls) packs once.
+    same = [n for n, e in entries.items() if (e.codes, e.scale, e.bias) == (codes, scale, bias)]
+    name = same[0] if same else f"_packed_{len(entries)}"
+    if not same:
+        object.__setattr__(gm, name, _pack(gm, entry))
+    with gm.graph.inserting_before(node), warnings.catch_warnings():
+        # fx warns that a plain attribute is not a buffer: being one is the point (fast reads).
+        warnings.simplefilter("ignore", UserWarning)
+        packed = gm.graph.get_attr(name)
+        if op == "linear_dynamic":
+            new = gm.graph.call_function(fbgemm.LINEAR_DYNAMIC, (act[0], packed, act[1]))
+        else:
+            new = gm.graph.call_function(fbgemm.LINEAR_STATIC, (*act[:3], packed))
+    new.meta.update({**node.meta, "fxquant": {
+        **meta(node), "kernel": f"fbgemm {op}, weight packed once", "packed": name}})
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return name, entry
+
+
+def _drop_unread_codes(
+    gm: fx.GraphModule, entries: dict[str, PackedLinear], shared: set[int]
+) -> None:
+    still_read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, entry in list(entries.items()):
+        if entry.codes in still_read or id(fetch_attr(gm, entry.codes)) in shared:
+            entries[name] = PackedLinear(**{**entry.__dict__, "kept_codes": True})
+            continue
+        owner_name, _, buffer = entry.codes.rpartition(".")
+        owner = fetch_attr(gm, owner_name) if owner_name else gm
+        if buffer in owner._buffers:
+            del owner._buffers[buffer]
+
+
+def run_pack_weights(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    entries: dict[str, PackedLinear] = {}
+    for node in list(gm.graph.nodes):
+        if _layout(node) is None:
+            continue
+        reason = check(gm, node)
+        if reason is not None:
+            meta(node)["kernel"] = f"fxquant::{node.target.__name__.split('.')[0]} ({reason})"
+            ctx.refuse(PASS, node, reason)
+            continue
+        name, entry = _rewrite(gm, node, entries)
+        entries[name] = entry
+    if not entries:
+        return PassResult(gm, False)
+    gm.graph.eliminate_dead_code()
+    _drop_unread_codes(gm, entries, ctx.shared_tensors)
+    gm.meta.setdefault("fxquant", {})[_PACKED] = entries
+    gm._register_state_dict_hook(_add_unpacked_codes)
+    gm._register_load_state_dict_pre_hook(_repack, with_module=True)
+    return PassResult(gm, True)
+
+
+def _entries(module: torch.nn.Module) -> dict[str, PackedLinear]:
+    return getattr(module, "meta", {}).get("fxquant", {}).get(_PACKED, {})
+
+
+def _add_unpacked_codes(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
+                        _local_metadata: Any) -> None:
+    """state_dict hook: the int8 codes under their usual keys, unpacked from the packed weight."""
+    for name, entry in _entries(module).items():
+        if not entry.kept_codes:
+            state_dict[prefix + entry.codes] = fbgemm.unpack(getattr(module, name))
+
+
+def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str, *_args: Any) -> None:
+    """load_state_dict pre-hook: re-pack every packed weight from the codes being loaded."""
+    for name, entry in _entries(module).items():
+        key = prefix + entry.codes
+        if key not in state_dict:
+            continue  # strict loading reports the missing key through the codes' absence
+        codes = state_dict[key] if entry.kept_codes else state_dict.pop(key)
+
+        def given(target: str | None) -> torch.Tensor | None:
+            if target is None:
+                return None
+            return state_dict.get(prefix + target, fetch_attr(module, target))
+
+        scale, zp, bias = given(entry.scale), given(entry.zero_point), given(entry.bias)
+        object.__setattr__(module, name, fbgemm.pack(codes.contiguous(), scale, zp, bias))
+
+
+def is_packed(gm: torch.nn.Module) -> bool:
+    return bool(_entries(gm))
+
+
+def portable(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` with every packed call turned back into its fxquant op on int8 buffers."""
+    entries = _entries(gm)
+    twin = copy.deepcopy(gm)
+    if not entries:
+        return twin
+    twin._state_dict_hooks.clear()
+    twin._load_state_dict_pre_hooks.clear()
+    for node in list(twin.graph.nodes):
+        name = meta(node).get("packed") if node.op == "call_function" else None
+        if name is None:
+            continue
+        entry = entries[name]
+        if not entry.kept_codes:
+            owner_name, _, buffer = entry.codes.rpartition(".")
+            owner = fetch_attr(twin, owner_name) if owner_name else twin
+            owner.register_buffer(buffer, fbgemm.unpack(getattr(twin, name)))
+        with twin.graph.inserting_before(node):
+            w = [twin.graph.get_attr(t) if t else None
+                 for t in (entry.codes, entry.scale, entry.zero_point, entry.bias)]
+            if entry.op == "linear_dynamic":
+                x, _, rr = node.args
+                new = twin.graph.call_function(ops.linear_dynamic, (x, *w, rr))
+            else:
+                x, x_scale, x_zp, _ = node.args
+                new = twin.graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))
+        # A graph copy shares node.meta's inner dicts with the original: build new ones.
+        info = {k: v for k, v in meta(node).items() if k != "packed"}
+        new.meta.update({**node.meta, "fxquant": {**info, "kernel": "fxquant op (portable)"}})
+        node.replace_all_uses_with(new)
+        twin.graph.erase_node(node)
+    twin.graph.eliminate_dead_code()
+    for name in entries:
+        delattr(twin, name)
+    twin.meta["fxquant"] = {k: v for k, v in twin.meta["fxquant"].items() if k != _PACKED}
+    twin.recompile()
+    return twin
+
+
+def portable_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` (a converted GraphModule, or a shell holding converted regions) in
+    which every packed region is its portable fxquant-op twin."""
+    if isinstance(model, fx.GraphModule):
+        return portable(model)
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        if name and isinstance(module, fx.GraphModule) and is_packed(module):
+            parent_name, _, child = name.rpartition(".")
+            parent = twin.get_submodule(parent_name) if parent_name else twin
+            setattr(parent, child, portable(module))
+    return twin
+
+
+# The ops a packed runtime graph calls in place of fxquant's fused linears.
+PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC)
