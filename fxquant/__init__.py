@@ -23,19 +23,24 @@ from .errors import (
     PassError,
 )
 from .inputs import ModelInputs
+from .mixed_precision import AccuracyTarget, MixedPrecisionResult, quantize_to_target
 from .qat import prepare_qat
 from .record import QuantRecord, record_of
+from .report import ErrorReport, error_report
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyTarget",
     "AlreadyQuantizedError",
     "CalibrationError",
     "CaptureError",
     "ConfigError",
+    "ErrorReport",
     "ExampleInputError",
     "ExportError",
     "FxQuantError",
+    "MixedPrecisionResult",
     "ModelInputs",
     "NonFiniteError",
     "PassError",
@@ -45,10 +50,12 @@ __all__ = [
     "calibrate",
     "capture",
     "convert",
+    "error_report",
     "ops",
     "prepare",
     "prepare_qat",
     "quantize",
+    "quantize_to_target",
     "record_of",
 ]
 

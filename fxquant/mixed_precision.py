@@ -1,0 +1,204 @@
+"""Mixed precision by budget: quantize, and keep the fewest, most sensitive layers in float until
+the quantized model meets an accuracy target on calibration data.
+
+    result = fxquant.quantize_to_target(model, example, AccuracyTarget("cosine", 0.999),
+                                        batches=calibration, config=QuantConfig(weight_bits=4))
+    result.model          # the quantized model meeting the target (if it can be met)
+    print(result.table()) # what was kept in float, and why
+
+1. The model is quantized with ``config`` and scored on ``batches`` against fp32 (``target``).
+2. If the score misses the target, the per-layer error report (``fxquant.error_report``, each
+   layer on its fp32 input) ranks the layers by their relative int8 error: their sensitivity.
+3. The most sensitive layers are kept in float (``QuantConfig.skip``) one more at a time, in that
+   order, requantizing and scoring each time, until the target is met: the fewest layers, in
+   sensitivity order, that meet it.
+
+The returned model's record says, for every kept layer, that it was kept and why (its rank and
+error); ``MixedPrecisionResult`` holds the trials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+from .config import QuantConfig
+from .errors import ConfigError, ExampleInputError
+from .inputs import as_model_inputs
+from .record import record_of
+from .report import error_report
+from .report.error_report import first_float_output
+
+Metric = Literal["cosine", "relative_error", "top1_agreement"]
+_METRICS = ("cosine", "relative_error", "top1_agreement")
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What the quantized model must reach against fp32 on the calibration batches.
+
+    ``metric``: ``"cosine"`` (mean cosine similarity of output vectors -- along the last axis,
+    e.g. one per token of an LM's logits -- at least ``threshold``), ``"relative_error"``
+    (``||y_q - y|| / ||y||`` over all outputs at most ``threshold``) or ``"top1_agreement"``
+    (share of output vectors whose argmax agrees, at least ``threshold``).
+    """
+
+    metric: Metric = "cosine"
+    threshold: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.metric not in _METRICS:
+            raise ConfigError(
+                f"unknown metric {self.metric!r}: choose one of {', '.join(_METRICS)}.")
+        if not isinstance(self.threshold, (int, float)) or self.threshold < 0:
+            raise ConfigError(f"threshold={self.threshold!r}: choose a non-negative number.")
+
+    def score(self, outputs: list[torch.Tensor], references: list[torch.Tensor]) -> float:
+        y = torch.cat([o.reshape(-1, o.shape[-1]).double() for o in outputs])
+        ref = torch.cat([r.reshape(-1, r.shape[-1]).double() for r in references])
+        if self.metric == "cosine":
+            return float(torch.nn.functional.cosine_similarity(y, ref, dim=-1).mean())
+        if self.metric == "relative_error":
+            return float((y - ref).norm() / ref.norm().clamp(min=1e-30))
+        return float((y.argmax(-1) == ref.argmax(-1)).double().mean())
+
+    def met(self, score: float) -> bool:
+        if self.metric == "relative_error":
+            return score <= self.threshold
+        return score >= self.threshold
+
+    def describe(self) -> str:
+        op = "<=" if self.metric == "relative_error" else ">="
+        return f"{self.metric} {op} {self.threshold}"
+
+
+@dataclass
+class KeptLayer:
+    name: str
+    rank: int  # 1 = most sensitive
+    sensitivity: float  # relative int8 error of the layer alone (error report)
+    reason: str
+
+
+@dataclass
+class MixedPrecisionResult:
+    """The quantized model and how it was reached."""
+
+    model: nn.Module
+    config: QuantConfig
+    target: AccuracyTarget
+    score: float
+    met: bool
+    kept: list[KeptLayer] = field(default_factory=list)
+    trials: list[tuple[int, float]] = field(default_factory=list)  # (layers kept, score)
+    sensitivities: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        status = "met" if self.met else "NOT met"
+        head = (f"target {self.target.describe()}: {status} with {len(self.kept)} layer(s) kept "
+                f"in float, score {self.score:.6g}")
+        trials = ", ".join(f"{k} kept: {s:.6g}" for k, s in self.trials)
+        rows = [(k.name, k.rank, f"{100 * k.sensitivity:.3g}%", k.reason) for k in self.kept]
+        parts = [head, f"trials: {trials}"]
+        if rows:
+            parts.append(tabulate(rows, headers=("kept layer", "rank", "int8 error", "why")))
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _outputs(model: nn.Module, batches: list[Any]) -> list[torch.Tensor]:
+    outs = []
+    with torch.no_grad():
+        for batch in batches:
+            out = first_float_output(as_model_inputs(batch).call(model))
+            if out is None:
+                raise ExampleInputError(
+                    f"{type(model).__name__} returned no floating-point tensor to score; "
+                    "quantize_to_target compares the first float output (logits)."
+                )
+            outs.append(out)
+    return outs
+
+
+def _annotate_record(model: nn.Module, kept: list[KeptLayer]) -> None:
+    """The record of ``model`` says why each kept layer is float."""
+    record = record_of(model)
+    if record is None:
+        return
+    reasons = {k.name: k.reason for k in kept}
+    for layer in record.layers:
+        if layer.name in reasons:
+            layer.reason = reasons[layer.name]
+    for module in record.float_modules:
+        if module.name in reasons:
+            module.reason = reasons[module.name]
+
+
+def quantize_to_target(
+    model: nn.Module,
+    example_inputs: Any,
+    target: AccuracyTarget,
+    *,
+    batches: Iterable[Any],
+    config: QuantConfig | None = None,
+    calibration: Iterable[Any] | None = None,
+    max_kept: int | None = None,
+    progress: bool | None = None,
+) -> MixedPrecisionResult:
+    """Quantize ``model`` with ``config``, keeping the fewest, most sensitive layers in float so
+    that ``target`` holds on ``batches`` (see the module docstring).
+
+    Args:
+        batches: the data the target is measured on (model inputs, e.g. calibration batches).
+        calibration: static mode's calibration batches (default: ``batches``).
+        max_kept: stop after keeping this many layers (default: all of them).
+
+    Returns a :class:`MixedPrecisionResult`; ``met`` is False when even ``max_kept`` float layers
+    do not reach the target (the model returned is then the last one tried).
+    """
+    from .api import quantize  # late: fxquant.api imports fxquant's public modules
+
+    config = config or QuantConfig()
+    data = list(batches)
+    if not data:
+        raise ExampleInputError("quantize_to_target needs batches to measure the target on.")
+    calib = list(calibration) if calibration is not None else data
+    references = _outputs(model, data)
+
+    def attempt(cfg: QuantConfig) -> tuple[nn.Module, float]:
+        q = quantize(model, example_inputs, config=cfg, progress=progress,
+                     calibration=calib if cfg.calibration_needed_by else None)
+        return q, target.score(_outputs(q, data), references)
+
+    qmodel, score = attempt(config)
+    result = MixedPrecisionResult(qmodel, config, target, score, target.met(score),
+                                  trials=[(0, score)])
+    if result.met:
+        return result
+    ranked = sorted(error_report(model, qmodel, data).sensitivities().items(),
+                    key=lambda item: item[1], reverse=True)
+    result.sensitivities = dict(ranked)
+    limit = len(ranked) if max_kept is None else min(max_kept, len(ranked))
+    for k in range(1, limit + 1):
+        names = tuple(name for name, _ in ranked[:k])
+        cfg = config.replace(skip=config.skip + names)
+        qmodel, score = attempt(cfg)
+        result.trials.append((k, score))
+        result.model, result.config, result.score = qmodel, cfg, score
+        result.kept = [
+            KeptLayer(name, rank, error, f"kept in float by quantize_to_target: sensitivity rank "
+                      f"{rank} of {len(ranked)} (int8 error {100 * error:.3g}% alone); target "
+                      f"{target.describe()}")
+            for rank, (name, error) in enumerate(ranked[:k], start=1)]
+        if target.met(score):
+            result.met = True
+            break
+    _annotate_record(result.model, result.kept)
+    return result
