@@ -141,6 +141,10 @@ _define(
 
 
 def _linear_weight_only(x, codes, scale, zero_point, bias):
+    reference_only = getattr(_state, "reference", False)
+    if not reference_only and weight_only.available() and not zero_point.any():
+        # The AVX2 weight-only kernel: float activations, exact (docs/weight_only_kernel.md).
+        return weight_only.linear_int8(x, codes, scale, bias)
     if _fast(x, codes):
         return fbgemm.linear_weight_only(x, codes, scale, zero_point, bias)
     return reference.linear_int8_weight(x, codes, scale, zero_point, bias)
@@ -288,8 +292,8 @@ _define(
 def _linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
     if _fast(x, codes):
         r = reference.token_scales(x)
-        y = fbgemm.linear_dynamic(x / r, codes, scale, zero_point, None, reduce_range) * r
-        return y if bias is None else y + bias
+        y = fbgemm.linear_dynamic(x / r, codes, scale, zero_point, None, reduce_range).mul_(r)
+        return y if bias is None else y.add_(bias)
     return reference.linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range)
 
 

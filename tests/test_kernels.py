@@ -11,7 +11,7 @@ from torch import nn
 
 import fxquant
 from fxquant import cpu, numerics, ops
-from fxquant.kernels import fbgemm
+from fxquant.kernels import fbgemm, reference
 
 OUT, IN = 24, 40
 EPS32 = torch.finfo(torch.float32).eps
@@ -140,22 +140,22 @@ def test_reduce_range_activation_codes_stay_in_7_bits():
 
 def test_reference_kernels_context_nests_and_restores(monkeypatch):
     fast_calls: list[int] = []
-    fast = fbgemm.linear_weight_only
+    fast = fbgemm.linear_dynamic
 
     def counting(*args):
         fast_calls.append(1)
         return fast(*args)
 
-    monkeypatch.setattr(fbgemm, "linear_weight_only", counting)
+    monkeypatch.setattr(fbgemm, "linear_dynamic", counting)
     qw = _weight(True, True)
     x = _input(2)
     with ops.reference_kernels():
         with ops.reference_kernels():
             pass
-        inner = ops.linear_weight_only(x, qw.codes, qw.scale, qw.zero_point, None)
+        inner = ops.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, None, False)
     assert fast_calls == []
-    assert torch.equal(inner, F.linear(x, qw.dequantize()))
-    ops.linear_weight_only(x, qw.codes, qw.scale, qw.zero_point, None)
+    assert torch.equal(inner, F.linear(reference.fake_quantize_dynamic(x, False), qw.dequantize()))
+    ops.linear_dynamic(x, qw.codes, qw.scale, qw.zero_point, None, False)
     assert fast_calls == [1]  # the fast path is back after the block
 
 

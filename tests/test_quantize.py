@@ -15,6 +15,7 @@ import fxquant
 from benchmarks.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 from fxquant import QuantConfig, ops
 from fxquant.kernels import fbgemm
+from fxquant.passes.pack_weights import linear_weight_only_packed
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 MODES = ("dynamic", "static", "weight_only")
@@ -22,7 +23,7 @@ MODES = ("dynamic", "static", "weight_only")
 FUSED = {
     "dynamic": {ops.linear_dynamic, fbgemm.LINEAR_DYNAMIC},
     "static": {ops.linear_static, fbgemm.LINEAR_STATIC},
-    "weight_only": {ops.linear_weight_only},
+    "weight_only": {ops.linear_weight_only, linear_weight_only_packed},
 }
 
 # Bounds on ||int8(x) - fp32(x)|| / ||fp32(x)|| over held-out batches, default config
