@@ -68,6 +68,11 @@ class QuantConfig:
             scale per row.
         skip: module names (qualified, as in ``model.named_modules()``) left in float. A name also
             skips everything below it.
+        layer_bits: per-layer weight bits, ``((module name, bits), ...)``: the named modules (and
+            everything below them) take these bits instead of ``weight_bits`` /
+            ``embedding_bits``; the last entry naming a layer wins. Mixed precision
+            (``fxquant.quantize_to_target(..., keep=8)`` keeps its most sensitive layers at 8 bits
+            this way). An 8-bit layer gets pair-safe scales where the config asks for them.
         leaf_modules: module classes the tracer keeps as opaque calls instead of tracing into.
         min_weight_elements: layers with fewer weights stay float (tiny layers gain nothing).
         capture: how the model becomes graphs. ``"regions"`` keeps a copy of the model's own
@@ -114,6 +119,7 @@ class QuantConfig:
     embedding_bits: int = 8
     quantize_embeddings: bool = True
     skip: tuple[str, ...] = ()
+    layer_bits: tuple[tuple[str, int], ...] = ()
     leaf_modules: tuple[type, ...] = field(default=(), compare=False)
     min_weight_elements: int = 0
     capture: CaptureMethod = "auto"
@@ -158,15 +164,20 @@ class QuantConfig:
         if isinstance(self.skip, str):
             raise ConfigError("skip must be a tuple of module names, not one string.")
         object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "layer_bits", _layer_bits(self.layer_bits))
         object.__setattr__(self, "leaf_modules", tuple(self.leaf_modules))
         _check_accuracy_options(self)
 
     @property
     def needs_pair_safe_weights(self) -> bool:
         """Whether GEMM weights get pair-safe scales (see ``pair_safe_weights``)."""
+        return self.needs_pair_safe(self.weight_bits)
+
+    def needs_pair_safe(self, bits: int) -> bool:
+        """Whether a GEMM weight of ``bits`` bits gets pair-safe scales in this config."""
         return (
             self.pair_safe_weights
-            and self.weight_bits == 8
+            and bits == 8
             and not self.reduce_range
             and self.weight_symmetric
             and self.weight_granularity == "per_channel"
@@ -200,6 +211,14 @@ class QuantConfig:
             and not self.needs_pair_safe_weights
         )
 
+    def bits_for(self, layer: str, default: int) -> int:
+        """The weight bits of ``layer`` (a module name): its ``layer_bits`` entry, else
+        ``default``. An empty name in ``layer_bits`` covers every layer."""
+        for name, bits in reversed(self.layer_bits):
+            if not name or layer == name or layer.startswith(name + "."):
+                return bits
+        return default
+
     def replace(self, **changes: Any) -> QuantConfig:
         """A copy with some fields changed (and validated again)."""
         return dataclasses.replace(self, **changes)
@@ -208,6 +227,7 @@ class QuantConfig:
         """A JSON-serialisable dict; leaf module classes are written as qualified names."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["skip"] = list(self.skip)
+        out["layer_bits"] = [list(entry) for entry in self.layer_bits]
         out["leaf_modules"] = [f"{c.__module__}.{c.__qualname__}" for c in self.leaf_modules]
         return out
 
@@ -227,7 +247,24 @@ class QuantConfig:
         kwargs = {k: v for k, v in data.items() if k != "leaf_modules"}
         if "skip" in kwargs:
             kwargs["skip"] = tuple(kwargs["skip"])
+        if "layer_bits" in kwargs:
+            kwargs["layer_bits"] = tuple(tuple(entry) for entry in kwargs["layer_bits"])
         return cls(**kwargs)
+
+
+def _layer_bits(entries: Any) -> tuple[tuple[str, int], ...]:
+    """``layer_bits`` as a tuple of (name, bits) pairs, each checked."""
+    out = []
+    for entry in entries:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise ConfigError(f"layer_bits entry {entry!r}: give (module name, bits) pairs.")
+        name, bits = entry
+        if not isinstance(name, str):
+            raise ConfigError(f"layer_bits entry {entry!r}: the module name must be a str.")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ConfigError(f"layer_bits entry {entry!r}: choose bits from 2 to 8.")
+        out.append((name, bits))
+    return tuple(out)
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:

@@ -1,17 +1,19 @@
-"""Mixed precision by budget: quantize, and keep the fewest, most sensitive layers in float until
-the quantized model meets an accuracy target on calibration data.
+"""Mixed precision by budget: quantize, and keep the fewest, most sensitive layers at higher
+precision (float, or more bits) until the quantized model meets an accuracy target on calibration
+data.
 
     result = fxquant.quantize_to_target(model, example, AccuracyTarget("cosine", 0.999),
                                         batches=calibration, config=QuantConfig(weight_bits=4))
     result.model          # the quantized model meeting the target (if it can be met)
-    print(result.table()) # what was kept in float, and why
+    print(result.table()) # what was kept, and why
 
 1. The model is quantized with ``config`` and scored on ``batches`` against fp32 (``target``).
 2. If the score misses the target, the per-layer error report (``fxquant.error_report``, each
    layer on its fp32 input) ranks the layers by their relative int8 error: their sensitivity.
-3. The most sensitive layers are kept in float (``QuantConfig.skip``) one more at a time, in that
-   order, requantizing and scoring each time, until the target is met: the fewest layers, in
-   sensitivity order, that meet it.
+3. The most sensitive layers are kept one more at a time, in that order -- in float
+   (``keep="float"``: ``QuantConfig.skip``) or at ``keep`` bits (e.g. 8 instead of 4:
+   ``QuantConfig.layer_bits``) -- requantizing and scoring each time, until the target is met:
+   the fewest layers, in sensitivity order, that meet it.
 
 The returned model's record says, for every kept layer, that it was kept and why (its rank and
 error); ``MixedPrecisionResult`` holds the trials.
@@ -97,11 +99,16 @@ class MixedPrecisionResult:
     kept: list[KeptLayer] = field(default_factory=list)
     trials: list[tuple[int, float]] = field(default_factory=list)  # (layers kept, score)
     sensitivities: dict[str, float] = field(default_factory=dict)
+    keep: str | int = "float"
+
+    @property
+    def keep_description(self) -> str:
+        return "in float" if self.keep == "float" else f"at {self.keep} bits"
 
     def table(self) -> str:
         status = "met" if self.met else "NOT met"
         head = (f"target {self.target.describe()}: {status} with {len(self.kept)} layer(s) kept "
-                f"in float, score {self.score:.6g}")
+                f"{self.keep_description}, score {self.score:.6g}")
         trials = ", ".join(f"{k} kept: {s:.6g}" for k, s in self.trials)
         rows = [(k.name, k.rank, f"{100 * k.sensitivity:.3g}%", k.reason) for k in self.kept]
         parts = [head, f"trials: {trials}"]
@@ -127,6 +134,16 @@ def _outputs(model: nn.Module, batches: list[Any]) -> list[torch.Tensor]:
     return outs
 
 
+def _keeper(config: QuantConfig, keep: str | int) -> Any:
+    """The config that keeps the named layers: skipped, or at ``keep`` bits."""
+    if keep == "float":
+        return lambda names: config.replace(skip=config.skip + names)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 2 <= keep <= 8:
+        raise ConfigError(f"keep={keep!r}: choose 'float' or a bit width from 2 to 8.")
+    return lambda names: config.replace(
+        layer_bits=config.layer_bits + tuple((name, keep) for name in names))
+
+
 def _annotate_record(model: nn.Module, kept: list[KeptLayer]) -> None:
     """The record of ``model`` says why each kept layer is float."""
     record = record_of(model)
@@ -149,23 +166,26 @@ def quantize_to_target(
     batches: Iterable[Any],
     config: QuantConfig | None = None,
     calibration: Iterable[Any] | None = None,
+    keep: str | int = "float",
     max_kept: int | None = None,
     progress: bool | None = None,
 ) -> MixedPrecisionResult:
-    """Quantize ``model`` with ``config``, keeping the fewest, most sensitive layers in float so
-    that ``target`` holds on ``batches`` (see the module docstring).
+    """Quantize ``model`` with ``config``, keeping the fewest, most sensitive layers at higher
+    precision so that ``target`` holds on ``batches`` (see the module docstring).
 
     Args:
         batches: the data the target is measured on (model inputs, e.g. calibration batches).
         calibration: static mode's calibration batches (default: ``batches``).
+        keep: ``"float"`` (kept layers are skipped) or a bit width (2..8) for kept layers.
         max_kept: stop after keeping this many layers (default: all of them).
 
-    Returns a :class:`MixedPrecisionResult`; ``met`` is False when even ``max_kept`` float layers
+    Returns a :class:`MixedPrecisionResult`; ``met`` is False when even ``max_kept`` kept layers
     do not reach the target (the model returned is then the last one tried).
     """
     from .api import quantize  # late: fxquant.api imports fxquant's public modules
 
     config = config or QuantConfig()
+    keeping = _keeper(config, keep)
     data = list(batches)
     if not data:
         raise ExampleInputError("quantize_to_target needs batches to measure the target on.")
@@ -179,7 +199,7 @@ def quantize_to_target(
 
     qmodel, score = attempt(config)
     result = MixedPrecisionResult(qmodel, config, target, score, target.met(score),
-                                  trials=[(0, score)])
+                                  trials=[(0, score)], keep=keep)
     if result.met:
         return result
     ranked = sorted(error_report(model, qmodel, data).sensitivities().items(),
@@ -187,13 +207,13 @@ def quantize_to_target(
     result.sensitivities = dict(ranked)
     limit = len(ranked) if max_kept is None else min(max_kept, len(ranked))
     for k in range(1, limit + 1):
-        names = tuple(name for name, _ in ranked[:k])
-        cfg = config.replace(skip=config.skip + names)
+        cfg = keeping(tuple(name for name, _ in ranked[:k]))
         qmodel, score = attempt(cfg)
         result.trials.append((k, score))
         result.model, result.config, result.score = qmodel, cfg, score
         result.kept = [
-            KeptLayer(name, rank, error, f"kept in float by quantize_to_target: sensitivity rank "
+            KeptLayer(name, rank, error, f"kept {result.keep_description} by quantize_to_target: "
+                      f"sensitivity rank "
                       f"{rank} of {len(ranked)} (int8 error {100 * error:.3g}% alone); target "
                       f"{target.describe()}")
             for rank, (name, error) in enumerate(ranked[:k], start=1)]

@@ -42,6 +42,7 @@ def _weight_observer(
     """The observer node for ``node``'s weight, inserted on first use of that parameter."""
     weight = node.args[1]
     if weight.op == "call_module":  # a tied weight: an earlier user inserted its observer
+        meta(node)["bits"] = fetch_attr(gm, str(weight.target)).bits
         return weight
     if weight.target not in observed:
         source = meta(node)["source"]
@@ -52,19 +53,20 @@ def _weight_observer(
         readers = [n for n in nodes if getattr(n.args[1], "target", None) == weight.target]
         kinds = {kind_of(u) for u in readers} | elsewhere.get(weight.target, set())
         only_gathered = kinds == {"embedding"}
-        bits = cfg.embedding_bits if only_gathered else cfg.weight_bits
+        bits = cfg.bits_for(source, cfg.embedding_bits if only_gathered else cfg.weight_bits)
         # Weights that meet 8-bit activations in an int8 GEMM or conv get saturation-safe scales.
         feeds_gemm = bool(kinds & {"linear", "conv"})
         # Group-wise weights: linears only (annotate decides; a table or conv stays per-row).
         group = meta(node).get("group_size") if kinds == {"linear"} else None
         observer = WeightObserver(
             source, bits, cfg.weight_symmetric, cfg.weight_granularity != "per_tensor",
-            pair_safe=feeds_gemm and cfg.needs_pair_safe_weights, group_size=group,
+            pair_safe=feeds_gemm and cfg.needs_pair_safe(bits), group_size=group,
         )
         observer.check_finite(fetch_attr(gm, weight.target))
         target = add_module(gm, source, "w_obs", observer)
         observed[weight.target] = _observe(gm, weight, target, users, users[0])
     node.replace_input_with(weight, observed[weight.target])
+    meta(node)["bits"] = fetch_attr(gm, str(observed[weight.target].target)).bits
     return observed[weight.target]
 
 

@@ -45,10 +45,14 @@ log = logging.getLogger("fxquant")
 
 
 def _region_config(config: QuantConfig, name: str) -> QuantConfig:
-    """``config`` with ``skip`` names made relative to the region ``name``."""
+    """``config`` with ``skip`` and ``layer_bits`` names made relative to the region ``name``
+    (a ``layer_bits`` entry naming the region or a module above it covers all of it: "")."""
     prefix = name + "."
     inner = tuple(s[len(prefix):] for s in config.skip if s.startswith(prefix))
-    return config.replace(skip=inner)
+    bits = tuple((n[len(prefix):] if n.startswith(prefix) else "", b)
+                 for n, b in config.layer_bits
+                 if n.startswith(prefix) or not n or name == n or name.startswith(n + "."))
+    return config.replace(skip=inner, layer_bits=bits)
 
 
 def _weight_kinds(regions: list[tuple[str, fx.GraphModule]]) -> dict[int, set[str]]:
@@ -177,7 +181,8 @@ def _layer_records(prefix: str, gm: fx.GraphModule, config: QuantConfig) -> list
         source = info.get("source", "")
         name = prefix if source in ("weight", "weight_t", "") else f"{prefix}.{source}".strip(".")
         if info.get("quantize"):
-            bits = config.embedding_bits if info["kind"] == "embedding" else config.weight_bits
+            bits = info.get("bits") or (
+                config.embedding_bits if info["kind"] == "embedding" else config.weight_bits)
             scheme = f"w{bits} {config.weight_granularity}, {info.get('mode', config.mode)}"
             op = getattr(node.target, "__name__", str(node.target))
             layers.append(LayerRecord(name, info["kind"], True, scheme=scheme, op=op,

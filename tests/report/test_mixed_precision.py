@@ -56,6 +56,23 @@ def test_the_one_sensitive_layer_is_the_one_kept():
     assert "2" in result.table()
 
 
+def test_kept_layers_can_take_more_bits_instead_of_float():
+    model = one_sensitive_layer()
+    with torch.no_grad():
+        model[2].weight[:, 0] = 2.0  # coarse on a 4-bit grid, fine on an 8-bit one
+    batches = _batches()
+    target = AccuracyTarget("cosine", 0.995)  # all 4-bit: 0.978; layer 2 at 8 bits: 0.998
+    result = fxquant.quantize_to_target(model, batches[0], target, batches=batches,
+                                        config=QuantConfig(weight_bits=4), keep=8)
+    assert result.met and [k.name for k in result.kept] == ["2"]
+    assert result.config.layer_bits == (("2", 8),) and not result.config.skip
+    schemes = {layer.name: layer.scheme for layer in fxquant.record_of(result.model).layers}
+    assert schemes["2"].startswith("w8") and schemes["0"].startswith("w4")
+    assert "at 8 bits" in result.table()
+    with pytest.raises(ConfigError, match="keep"):
+        fxquant.quantize_to_target(model, batches[0], target, batches=batches, keep=9)
+
+
 def test_nothing_is_kept_when_the_target_is_already_met():
     model = one_sensitive_layer()
     with torch.no_grad():
