@@ -95,10 +95,14 @@ def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes,
 # --- per-token dynamic activations and group-wise weights ------------------------------------
 
 
+_TINY = torch.finfo(torch.float32).tiny
+
+
 def token_scales(x: torch.Tensor) -> torch.Tensor:
-    """Each row's (last axis) abs-max, ``[..., 1]``; 1 for an all-zero row."""
-    r = x.detach().abs().amax(dim=-1, keepdim=True)
-    return torch.where(r > 0, r, torch.ones_like(r))
+    """Each row's (last axis) abs-max, ``[..., 1]``, floored at the smallest normal float (an
+    all-zero row stays all zero: 0 / tiny = 0)."""
+    r = torch.linalg.vector_norm(x.detach(), ord=float("inf"), dim=-1, keepdim=True)
+    return r.clamp_min_(_TINY)
 
 
 def fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
