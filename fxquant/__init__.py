@@ -18,15 +18,18 @@ from .errors import (
     ConfigError,
     ExampleInputError,
     ExportError,
+    FormatError,
     FxQuantError,
     NonFiniteError,
     PassError,
+    SaveLoadError,
 )
 from .inputs import ModelInputs
 from .mixed_precision import AccuracyTarget, MixedPrecisionResult, quantize_to_target
 from .qat import prepare_qat
 from .record import QuantRecord, record_of
 from .report import ErrorReport, error_report
+from .serialize import load, save
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,7 @@ __all__ = [
     "ErrorReport",
     "ExampleInputError",
     "ExportError",
+    "FormatError",
     "FxQuantError",
     "MixedPrecisionResult",
     "ModelInputs",
@@ -46,17 +50,20 @@ __all__ = [
     "PassError",
     "QuantConfig",
     "QuantRecord",
+    "SaveLoadError",
     "__version__",
     "calibrate",
     "capture",
     "convert",
     "error_report",
+    "load",
     "ops",
     "prepare",
     "prepare_qat",
     "quantize",
     "quantize_to_target",
     "record_of",
+    "save",
 ]
 
 # ONNX export (fxquant.onnx_export); imported last: it reads __version__.

@@ -41,3 +41,13 @@ class PassError(FxQuantError):
 
 class ExportError(FxQuantError):
     """An ONNX export could not be written or validated."""
+
+
+class SaveLoadError(FxQuantError):
+    """A quantized model could not be saved or loaded: a model fxquant cannot replay, or a float
+    skeleton that does not match the saved model."""
+
+
+class FormatError(SaveLoadError, ValueError):
+    """A saved folder is not a readable fxquant save: damaged, truncated, from a newer fxquant,
+    pickles only, or tensors missing / unexpected."""

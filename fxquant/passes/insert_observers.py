@@ -37,7 +37,7 @@ def _observe(
 
 def _weight_observer(
     gm: fx.GraphModule, node: fx.Node, cfg: QuantConfig, observed: dict[str, fx.Node],
-    nodes: list[fx.Node], elsewhere: dict[str, set[str]],
+    nodes: list[fx.Node], elsewhere: dict[str, set[str]], replay: bool = False,
 ) -> fx.Node:
     """The observer node for ``node``'s weight, inserted on first use of that parameter."""
     weight = node.args[1]
@@ -62,7 +62,8 @@ def _weight_observer(
             source, bits, cfg.weight_symmetric, cfg.weight_granularity != "per_tensor",
             pair_safe=feeds_gemm and cfg.needs_pair_safe(bits), group_size=group,
         )
-        observer.check_finite(fetch_attr(gm, weight.target))
+        if not replay:  # structural replay (fxquant.load): meta weights hold no values
+            observer.check_finite(fetch_attr(gm, weight.target))
         target = add_module(gm, source, "w_obs", observer)
         observed[weight.target] = _observe(gm, weight, target, users, users[0])
     node.replace_input_with(weight, observed[weight.target])
@@ -90,7 +91,7 @@ def run_insert_observers(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     for node in nodes:
         info = meta(node)
         info["weight_observer"] = _weight_observer(gm, node, cfg, weights, nodes,
-                                                  ctx.weight_kinds).target
+                                                  ctx.weight_kinds, ctx.replay).target
         if cfg.mode == "static" and info["kind"] in ("linear", "conv"):
             info["act_observer"] = _activation_observer(gm, node, cfg, activations).target
     return PassResult(gm, bool(nodes))

@@ -62,6 +62,9 @@ def _lower_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer, rr:
         q = gm.graph.call_function(ops.quantize_activation, (node.args[0], scale, zero_point, rr))
         dq = gm.graph.call_function(ops.dequantize_activation, (q, scale, zero_point))
     meta(q).update(range=(lo, hi), observer=type(observer).__name__, batches=observer.batches)
+    # In lowering order: what a structural replay (fxquant.load) gives its observers back.
+    gm.meta.setdefault("fxquant", {}).setdefault("activation_ranges", []).append(
+        (lo, hi, observer.batches))
     node.replace_all_uses_with(dq)
     gm.graph.erase_node(node)
 

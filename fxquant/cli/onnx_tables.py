@@ -1,28 +1,13 @@
-"""The ``fxquant`` command line.
-
-fxquant inspect model.onnx           what an ONNX file holds, as tables
-fxquant inspect model.onnx --json    the same, as JSON (``fxquant.onnx_info``)
-"""
+"""``fxquant inspect model.onnx``: what an ONNX file holds, as tables (or ``--json``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 from tabulate import tabulate
 
-from .errors import FxQuantError
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError
+from .text import size as _size
 
 
 def _shape(dims: list[Any]) -> str:
@@ -77,8 +62,8 @@ def _ops(info: dict[str, Any]) -> str:
     return tabulate(list(info["ops"].items()), headers=("op", "count"), tablefmt="simple_outline")
 
 
-def inspect_command(path: str, as_json: bool) -> int:
-    from .onnx_export import onnx_info
+def inspect_onnx(path: str, as_json: bool) -> int:
+    from ..onnx_export import onnx_info
 
     info = onnx_info(path)
     if as_json:
@@ -88,27 +73,3 @@ def inspect_command(path: str, as_json: bool) -> int:
         print(block)
         print()
     return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fxquant", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser("inspect", help="show what an ONNX file holds")
-    inspect.add_argument("path", help="an .onnx file")
-    inspect.add_argument("--json", action="store_true", help="print fxquant.onnx_info as JSON")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "inspect":
-            return inspect_command(args.path, args.json)
-    except FxQuantError as exc:
-        print(f"fxquant: {exc}", file=sys.stderr)
-        return 2
-    return 1  # unreachable: argparse rejects unknown commands
-
-
-if __name__ == "__main__":
-    sys.exit(main())
