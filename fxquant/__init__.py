@@ -26,6 +26,7 @@ from .errors import (
 )
 from .inputs import ModelInputs
 from .mixed_precision import AccuracyTarget, MixedPrecisionResult, quantize_to_target
+from .passes.pack_weights import portable_model as portable
 from .qat import prepare_qat
 from .record import QuantRecord, record_of
 from .report import ErrorReport, error_report
@@ -58,6 +59,7 @@ __all__ = [
     "error_report",
     "load",
     "ops",
+    "portable",
     "prepare",
     "prepare_qat",
     "quantize",
