@@ -16,8 +16,9 @@ order), and the table reports the median per-call time over the rounds, so drift
 the machine hit every candidate alike (the JSON also keeps the 10th percentile, the cost of a call
 that other processes left alone: on a shared 2-core machine the 2-thread medians suffer first,
 since an OpenMP region waits for its slowest thread). A second section times the int8 and int4
-kernels' two paths (row kernels vs tiled BLAS) around the M threshold. Load average and CPU model
-go into the JSON.
+kernels' two paths (row kernels vs tiled BLAS) around the M threshold; a third ("streaming") calls
+each of many copies of a layer in turn (~128 MB of int8 weights), so weights come from L3 or memory
+as in a model's decode step instead of staying in L2. Load average and CPU model go into the JSON.
 
     python benchmarks/bench_weight_only.py              # ~3 minutes on 2 cores
     python benchmarks/bench_weight_only.py --quick      # fewer rounds, M=1 and 32 only
@@ -51,7 +52,9 @@ SHAPES = ((768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 2816))
 M_VALUES = (1, 8, 32, 128)
 THRESHOLD_SHAPES = ((768, 3072), (3072, 768), (1024, 2816))
 THRESHOLD_M = (8, 12, 16, 24, 32, 64)
-BATCH_S = 2e-3  # each timed batch of calls lasts about this long
+STREAMING_SHAPES = ((768, 3072), (1024, 2816))
+STREAMING_INT8_BYTES = 128 << 20  # int8 copies of a layer per sweep: far past L2, like a model
+BATCH_S = 5e-4  # each timed batch of calls lasts about this long: short, so few are preempted
 
 
 def cpu_model() -> str:
@@ -156,6 +159,43 @@ def threshold_section(threads: int, rounds: int) -> list[dict]:
     return rows
 
 
+def streaming_section(threads: int, rounds: int) -> list[dict]:
+    """One call on each of many copies of a layer per sweep, as a decode step walks a model's
+    layers: the weights come from L3 or memory, not from the L2 a repeated call keeps them in."""
+    rows = []
+    for k, n in STREAMING_SHAPES:
+        lay = layer(k, n)
+        copies = max(2, STREAMING_INT8_BYTES // (k * n))
+        # Fresh tensors per copy (clone), so no two calls read the same memory.
+        layers = [{**lay, "w": lay["w"].clone(), "packed4": lay["packed4"].clone(),
+                   "q8": numerics.QuantizedWeight(lay["q8"].codes.clone(), lay["q8"].scale,
+                                                  lay["q8"].zero_point, 0),
+                   "fp16": torch.ops.quantized.linear_prepack_fp16(lay["w"], lay["b"])}
+                  for _ in range(copies)]
+        for m in (1, 8):
+            x = torch.randn(m, k)
+            per_layer = [candidates(one, x) for one in layers]
+            fns = {name: _sweep([c[name] for c in per_layer])
+                   for name in ("fp32", "int8", "int4_g128", "fp16_fbgemm")}
+            times = {name: [t / copies for t in v]
+                     for name, v in interleaved_times(fns, rounds).items()}
+            med = {name: statistics.median(v) for name, v in times.items()}
+            rows += [{"threads": threads, "shape": f"{k}x{n}", "M": m, "copies": copies,
+                      "candidate": name, "median_us_per_layer": round(us, 1),
+                      "p10_us_per_layer": round(p10(times[name]), 1),
+                      "speedup_vs_fp32": round(med["fp32"] / us, 2)} for name, us in med.items()]
+        del layers, per_layer
+    return rows
+
+
+def _sweep(calls: list[Callable[[], torch.Tensor]]) -> Callable[[], None]:
+    def run() -> None:
+        for call in calls:
+            call()
+
+    return run
+
+
 def _with_threshold(bits: int, rows_min: int, fn: Callable[[], torch.Tensor]):
     def run() -> torch.Tensor:
         previous = wo.tile_min_rows(bits, rows_min)
@@ -187,28 +227,30 @@ def main() -> None:
     args = parser.parse_args()
     if not wo.available():
         raise SystemExit(f"the weight-only extension is not available: {wo.status().detail}")
-    rounds = args.rounds or (11 if args.quick else 41)
+    rounds = args.rounds or (21 if args.quick else 101)
     m_values = (1, 32) if args.quick else M_VALUES
     torch.manual_seed(0)
     before = load_snapshot()
-    main_rows, threshold_rows = [], []
+    main_rows, threshold_rows, streaming_rows = [], [], []
     with torch.no_grad():
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
             main_rows += main_section(threads, SHAPES, m_values, rounds)
             if not args.quick:
                 threshold_rows += threshold_section(threads, rounds)
+                streaming_rows += streaming_section(threads, max(5, rounds // 5))
     after = load_snapshot()
     print_main(main_rows)
-    if threshold_rows:
-        print()
-        print(tabulate(threshold_rows, headers="keys", tablefmt="github"))
+    for extra in (threshold_rows, streaming_rows):
+        if extra:
+            print()
+            print(tabulate(extra, headers="keys", tablefmt="github"))
     path = write_json("bench_weight_only", {
         "cpu_model": cpu_model(),
         "cpu_flags": sorted(cpu.flags() & {"avx2", "fma", "avx512f", "avx512_vnni", "amx_int8"}),
         "load_before": before, "load_after": after, "rounds": rounds,
         "tile_min_rows": {"int8": wo.tile_min_rows(8), "int4": wo.tile_min_rows(4)},
-        "rows": main_rows, "threshold_rows": threshold_rows,
+        "rows": main_rows, "threshold_rows": threshold_rows, "streaming_rows": streaming_rows,
     })
     print(f"load before: {before['uptime']}\nload after:  {after['uptime']}\nwrote {path}")
 

@@ -78,8 +78,10 @@ def dequantize_groupwise(
             f"scale and zero_point must be [{n}, {g}], got {tuple(scale.shape)} and "
             f"{tuple(zero_point.shape)}"
         )
-    q = codes.reshape(n, g, group_size)
-    w = numerics.dequantize(q, scale.unsqueeze(-1), zero_point.unsqueeze(-1))
+    # numerics.dequantize's float32 arithmetic, (float(q) - zp) * scale, done in place: PyTorch
+    # broadcasts a uint8 tensor against a float one ~10x slower (measured on [3072, 768]).
+    w = codes.reshape(n, g, group_size).to(torch.float32)
+    w.sub_(zero_point.to(torch.float32).unsqueeze(-1)).mul_(scale.to(torch.float32).unsqueeze(-1))
     return w.reshape(n, g * group_size)
 
 

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fxquant import numerics
 from fxquant.kernels import packing
 
 F32 = torch.finfo(torch.float32)
@@ -63,6 +64,13 @@ def test_groupwise_error_is_at_most_half_a_step(bits, symmetric, group_size, gro
     # float32 slack: w / scale and (q - zp) * scale each round once.
     slack = 4 * F32.eps * w.abs().reshape(n, g, group_size) + F32.tiny
     assert bool((err <= step / 2 + slack).all()), float((err / step).max())
+
+
+def test_dequantize_groupwise_is_the_numerics_dequantization_bit_for_bit():
+    q = packing.quantize_groupwise(torch.randn(6, 96), 4, 32, symmetric=False)
+    expected = numerics.dequantize(q.codes.reshape(6, 3, 32), q.scale.unsqueeze(-1),
+                                   q.zero_point.unsqueeze(-1)).reshape(6, 96)
+    assert torch.equal(packing.dequantize_groupwise(*q, 32), expected)
 
 
 def test_symmetric_four_bit_stores_code_plus_eight():
