@@ -63,12 +63,17 @@ def _layout(node: fx.Node) -> tuple[str, tuple[Any, ...], tuple[Any, ...]] | Non
     if node.target is ops.linear_weight_only:
         x, codes, scale, zp, bias = node.args
         return "linear_weight_only", (codes, scale, zp, bias), (x,)
+    if node.target is ops.embedding:
+        indices, codes, scale, zp = node.args
+        return "embedding", (codes, scale, zp, None), (indices,)
     return None
 
 
 def check(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """Why ``node`` keeps the fxquant op, or None when it can call its kernel directly."""
     op, weights, act = _layout(node)  # type: ignore[misc]
+    if op == "embedding":
+        return None if all(_attr(w) for w in weights[:3]) else "the table is not a buffer"
     if op == "linear_weight_only":
         if not weight_only.available():
             return f"the weight-only extension is not loaded: {weight_only.status().detail}"
@@ -101,10 +106,11 @@ def _rewrite(
     codes, scale, zp, bias = (_attr(w) for w in weights)
     entry = PackedLinear(op, codes, scale, zp, bias, kept_codes=False)  # type: ignore[arg-type]
     # A layer called twice (or a weight read by two calls) packs once.
-    same = [n for n, e in entries.items() if (e.codes, e.scale, e.bias) == (codes, scale, bias)]
+    same = [n for n, e in entries.items()
+            if (e.op, e.codes, e.scale, e.bias) == (op, codes, scale, bias)]
     name = same[0] if same else f"_packed_{len(entries)}"
-    if op == "linear_weight_only":
-        return _rewrite_weight_only(gm, node, name, entry)
+    if op in _ALIASED:
+        return _rewrite_aliased(gm, node, name, entry)
     if not same:
         object.__setattr__(gm, name, _pack(gm, entry))
     with gm.graph.inserting_before(node), warnings.catch_warnings():
@@ -127,11 +133,31 @@ def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
     """Plain attributes naming the weight-only layer's buffers (codes, scale, bias): read in
     ~0.1 us where the dotted buffer path costs ~3 us per name."""
     given = given or {}
-    # One tuple, not three tensor attributes: fx would register a tensor attribute as a buffer
-    # on deepcopy (a second state_dict entry).
-    object.__setattr__(gm, name, tuple(
-        None if target is None else given.get(target, fetch_attr(gm, target))
-        for target in (entry.codes, entry.scale, entry.bias)))
+
+    def tensor(target: str | None) -> torch.Tensor | None:
+        return None if target is None else given.get(target, fetch_attr(gm, target))
+
+    if entry.op == "embedding":
+        zp = tensor(entry.zero_point)
+        layer = (tensor(entry.codes), tensor(entry.scale).unsqueeze(1),
+                 zp.unsqueeze(1) if zp is not None and zp.any() else None)
+    else:
+        layer = (tensor(entry.codes), tensor(entry.scale), tensor(entry.bias))
+    # One tuple, not tensor attributes: fx would register a tensor attribute as a buffer on
+    # deepcopy (a second state_dict entry).
+    object.__setattr__(gm, name, layer)
+
+
+def embedding_packed(indices: torch.Tensor, table: tuple) -> torch.Tensor:
+    """The runtime gather of an int8 table: ``table`` is (codes, scale [V, 1], zero_point [V, 1]
+    or None). Gathers int8 rows and dequantizes only those, in three plain tensor ops."""
+    codes, scale, zero_point = table
+    flat = indices.reshape(-1)
+    rows = codes.index_select(0, flat).to(torch.float32)
+    if zero_point is not None:
+        rows -= zero_point.index_select(0, flat)
+    rows *= scale.index_select(0, flat)
+    return rows.view(*indices.shape, codes.shape[1])
 
 
 def linear_weight_only_packed(x: torch.Tensor, layer: tuple) -> torch.Tensor:
@@ -139,17 +165,25 @@ def linear_weight_only_packed(x: torch.Tensor, layer: tuple) -> torch.Tensor:
     return weight_only.linear_int8(x, *layer)
 
 
-def _rewrite_weight_only(
+# Runtime calls that read their layer's own buffers through one plain attribute (no packing).
+_ALIASED = {
+    "linear_weight_only": (lambda: linear_weight_only_packed,
+                           "fxquant AVX2 weight-only int8 GEMV/GEMM"),
+    "embedding": (lambda: embedding_packed, "int8 row gather (index_select), rows dequantized"),
+}
+
+
+def _rewrite_aliased(
     gm: fx.GraphModule, node: fx.Node, name: str, entry: PackedLinear
 ) -> tuple[str, PackedLinear]:
     entry = PackedLinear(**{**entry.__dict__, "kept_codes": True})
     _alias(gm, name, entry)
+    function, kernel = _ALIASED[entry.op]
     with gm.graph.inserting_before(node), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a plain attribute, on purpose
         layer = gm.graph.get_attr(name)
-        new = gm.graph.call_function(linear_weight_only_packed, (node.args[0], layer))
-    new.meta.update({**node.meta, "fxquant": {
-        **meta(node), "kernel": "fxquant AVX2 weight-only int8 GEMV/GEMM", "packed": name}})
+        new = gm.graph.call_function(function(), (node.args[0], layer))
+    new.meta.update({**node.meta, "fxquant": {**meta(node), "kernel": kernel, "packed": name}})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return name, entry
@@ -214,11 +248,12 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
         key = prefix + entry.codes
         if key not in state_dict:
             continue  # strict loading reports the missing key through the codes' absence
-        if entry.op == "linear_weight_only":
+        if entry.op in _ALIASED:
             # The buffers are updated in place, or (assign=True) become the loaded tensors.
-            if assign:
+            if assign or entry.op == "embedding":  # the embedding's scale alias is a view
+                targets = (entry.codes, entry.scale, entry.zero_point, entry.bias)
                 _alias(module, name, entry,  # type: ignore[arg-type]
-                       {t: state_dict[prefix + t] for t in (entry.codes, entry.scale, entry.bias)
+                       {t: state_dict[prefix + t] for t in targets
                         if t is not None and prefix + t in state_dict})
             continue
         codes = state_dict[key] if entry.kept_codes else state_dict.pop(key)
@@ -256,7 +291,9 @@ def portable(gm: fx.GraphModule) -> fx.GraphModule:
         with twin.graph.inserting_before(node):
             w = [twin.graph.get_attr(t) if t else None
                  for t in (entry.codes, entry.scale, entry.zero_point, entry.bias)]
-            if entry.op == "linear_weight_only":
+            if entry.op == "embedding":
+                new = twin.graph.call_function(ops.embedding, (node.args[0], *w[:3]))
+            elif entry.op == "linear_weight_only":
                 new = twin.graph.call_function(ops.linear_weight_only, (node.args[0], *w))
             elif entry.op == "linear_dynamic":
                 x, _, rr = node.args
