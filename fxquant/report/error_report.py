@@ -14,7 +14,12 @@ input, so an error upstream never shows up as this layer's. Per layer:
   one step being the fp32 output's range over 255 (what one 8-bit code of that tensor is worth);
 * ``int8_vs_fake_steps``: how far the int8 kernels are from the simulation they implement (float
   summation order and, at rounding boundaries, one activation code: well under one step);
-* ``share``: the layer's part of the summed squared relative int8 errors: the order of the table.
+* ``model_error``: the relative error of the *model's* output when this layer alone runs int8
+  (a forward hook swaps its output for the int8 layer's on the same input, every other layer stays
+  fp32): how much the layer costs where it counts, which the layer's own error does not tell (a
+  small error in the last layer reaches the logits undamped; a larger one early may wash out);
+* ``share``: the layer's part of the summed squared ``model_error``: the order of the table, and
+  the sensitivity ``quantize_to_target`` ranks layers by.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class LayerError:
     int8: Errors
     onnx: Errors | None
     int8_vs_fake_steps: float
+    model_error: float | None = None
     share: float = 0.0
     note: str = ""
 
@@ -76,8 +82,10 @@ class ErrorReport:
     missing: dict[str, str] = field(default_factory=dict)  # layers not measured, and why
 
     def sensitivities(self) -> dict[str, float]:
-        """Each layer's relative int8 error: how much quantizing it alone costs."""
-        return {layer.name: layer.int8.relative for layer in self.layers}
+        """How much quantizing each layer alone costs: the model's relative output error with only
+        that layer int8 (its own relative error where the model output could not be compared)."""
+        return {x.name: x.int8.relative if x.model_error is None else x.model_error
+                for x in self.layers}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,9 +101,11 @@ class ErrorReport:
 
         rows = [(x.name, x.kind, x.scheme, rel(x.fake_quant), rel(x.int8), rel(x.onnx),
                  f"{x.int8.max_steps:.3g}", f"{x.int8.rms_steps:.3g}",
-                 f"{x.int8_vs_fake_steps:.3g}", f"{100 * x.share:.1f}%") for x in self.layers]
+                 f"{x.int8_vs_fake_steps:.3g}",
+                 "-" if x.model_error is None else f"{100 * x.model_error:.3g}%",
+                 f"{100 * x.share:.1f}%") for x in self.layers]
         headers = ("layer", "kind", "scheme", "fake-quant", "int8", "ONNX RT", "int8 max",
-                   "int8 rms", "int8-fake", "share")
+                   "int8 rms", "int8-fake", "model alone", "share")
         head = (f"per-layer output error vs fp32 ({self.batches} batches, each layer on its fp32 "
                 "input; max / rms / int8-fake in steps of the output's range / 255)")
         parts = [head, tabulate(rows, headers=headers)]
@@ -145,6 +155,7 @@ class _Layer:
         self.vs_fake = 0.0
         self.lo, self.hi = math.inf, -math.inf
         self.calls = 0
+        self.alone = _Stats()  # the model's output with this layer alone int8
 
     def measure(self, x: torch.Tensor, ref: torch.Tensor) -> None:
         fake = self.layer.run(x, reference=True).reshape(ref.shape)
@@ -161,9 +172,11 @@ class _Layer:
         span = self.hi - self.lo
         step = span / 255 if span > 0 else 1.0
         onnx = self.stats["onnx"].errors(step) if self.onnx_layer is not None else None
+        alone = self.alone.errors(1.0).relative if self.alone.count else None
         return LayerError(self.layer.name, self.layer.kind, self.layer.scheme, self.calls, span,
                           step, self.stats["fake_quant"].errors(step),
-                          self.stats["int8"].errors(step), onnx, self.vs_fake / step, note=note)
+                          self.stats["int8"].errors(step), onnx, self.vs_fake / step,
+                          model_error=alone, note=note)
 
 
 def first_float_output(output: Any) -> torch.Tensor | None:
@@ -234,12 +247,34 @@ def error_report(
     for name, s in state.items():
         if not s.calls and name not in missing:
             missing[name] = "the float model never called this layer on these batches"
-    total = sum(r.int8.relative ** 2 for r in results) or 1.0
+    sensitivity = {r.name: r.int8.relative if r.model_error is None else r.model_error
+                   for r in results}
+    total = sum(v ** 2 for v in sensitivity.values()) or 1.0
     for r in results:
-        r.share = r.int8.relative ** 2 / total
+        r.share = sensitivity[r.name] ** 2 / total
     results.sort(key=lambda r: r.share, reverse=True)
     model_rel = model_err.errors(1.0).relative if model_err.count else None
     return ErrorReport(results, count, model_rel, str(onnx_path) if onnx_path else None, missing)
+
+
+def _one_at_a_time(float_model: nn.Module, inputs: Any, ref: torch.Tensor,
+                   state: dict[str, _Layer], names: list[str]) -> None:
+    """For each layer: the float model's output with that layer's output replaced by the int8
+    layer's on the same input."""
+    modules = dict(float_model.named_modules())
+    for name in names:
+        layer = state[name].layer
+
+        def swap(_m: nn.Module, args: tuple, out: Any, layer: QuantLayer = layer) -> Any:
+            return layer.run(args[0]).reshape(out.shape).to(out.dtype)
+
+        handle = modules[name].register_forward_hook(swap)
+        try:
+            out = first_float_output(inputs.call(float_model))
+        finally:
+            handle.remove()
+        if out is not None and out.shape == ref.shape:
+            state[name].alone.add(out, ref)
 
 
 def _run(float_model: nn.Module, qmodel: nn.Module, batches: Iterable[Any],
@@ -258,6 +293,7 @@ def _run(float_model: nn.Module, qmodel: nn.Module, batches: Iterable[Any],
             out = first_float_output(inputs.call(qmodel))
             if ref is not None and out is not None and out.shape == ref.shape:
                 model_err.add(out, ref)
+                _one_at_a_time(float_model, inputs, ref, state, list(seen))
             count += 1
     if count == 0:
         raise ExampleInputError("error_report got no batches: pass at least one model input.")

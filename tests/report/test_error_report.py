@@ -59,6 +59,8 @@ def test_one_layer_values_match_a_hand_computation():
     assert layer.int8_vs_fake_steps < 0.01  # int8 computes the simulation
     assert layer.share == 1.0
     assert report.model_output == pytest.approx(layer.int8.relative, rel=1e-6)
+    # One layer: the model's error with this layer alone int8 is the layer's own error.
+    assert layer.model_error == pytest.approx(layer.int8.relative, rel=1e-6)
     # The 8-bit activation step the hand computation used is fxquant's too.
     assert numerics.activation_qparams(lo, hi, False) == pytest.approx((s_x, z_x))
 
@@ -95,6 +97,8 @@ def test_layers_are_sorted_by_contribution_and_measured_in_isolation():
     assert report.batches == 3 and all(x.calls == 3 for x in report.layers)
     assert sum(x.share for x in report.layers) == pytest.approx(1.0)
     assert report.sensitivities()["bad"] > 10 * report.sensitivities()["good"]
+    bad, good = report.layers
+    assert bad.model_error > 10 * good.model_error
 
 
 def test_json_table_and_plot(tmp_path):
