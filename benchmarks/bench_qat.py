@@ -4,9 +4,10 @@
    64-256-256-10 trained in fp32, then 2-bit weights (dynamic int8 activations) by PTQ, then by
    QAT fine-tuning of the fp32 weights (min-max scales, and LSQ learned scales), each converted to
    the real integer model and scored on the test set.
-2. A Hugging Face GPT-2 (tiny config, random init) fine-tuned with 4-bit QAT on synthetic token
-   sequences (each sequence an arithmetic progression mod the vocabulary): loss before / after,
-   next-token accuracy of the QAT model and of its int8 conversion, greedy generation.
+2. A Hugging Face GPT-2 (tiny config) trained in fp32 on synthetic token sequences (each an
+   arithmetic progression mod the vocabulary), then 2-bit weights by PTQ and by QAT fine-tuning
+   (``labels=``, the model's own loss): QAT loss, next-token accuracy on held-out sequences of
+   fp32, PTQ, the QAT model and its int8 conversion, greedy generation.
 
     python benchmarks/bench_qat.py             # ~3 minutes on 2 loaded cores
     python benchmarks/bench_qat.py --quick     # fewer epochs and steps
@@ -117,20 +118,24 @@ def digits_experiment(s: DigitsSettings = DigitsSettings(), *, lsq: bool = True
 
 @dataclass(frozen=True)
 class GPT2Settings:
-    steps: int = 60
-    lr: float = 3e-3
-    batch: int = 16
-    seq: int = 24
-    vocab: int = 128
-    bits: int = 4
+    pretrain_steps: int = 150
+    steps: int = 30
+    lr: float = 1e-2
+    qat_lr: float = 1e-3
+    batch: int = 32
+    seq: int = 16
+    vocab: int = 64
+    max_step: int = 2
+    bits: int = 2
     seed: int = 0
 
 
 def progressions(n: int, s: GPT2Settings, seed: int) -> torch.Tensor:
-    """Sequences ``a, a + d, a + 2d, ...`` mod the vocabulary, ``a`` and ``d`` random."""
+    """Sequences ``a, a + d, a + 2d, ...`` mod the vocabulary, ``a`` and ``d`` random
+    (``1 <= d <= max_step``)."""
     g = torch.Generator().manual_seed(seed)
     start = torch.randint(0, s.vocab, (n, 1), generator=g)
-    step = torch.randint(1, 8, (n, 1), generator=g)
+    step = torch.randint(1, s.max_step + 1, (n, 1), generator=g)
     return (start + step * torch.arange(s.seq)) % s.vocab
 
 
@@ -141,42 +146,69 @@ def next_token_accuracy(model: nn.Module, ids: torch.Tensor) -> float:
     return float((logits[:, 1:-1].argmax(-1) == ids[:, 2:]).float().mean())
 
 
-def gpt2_experiment(s: GPT2Settings = GPT2Settings()) -> dict[str, Any]:
+def lm_steps(model: nn.Module, s: GPT2Settings, steps: int, lr: float, first_seed: int
+             ) -> list[float]:
+    """``steps`` Adam steps of next-token loss on fresh progressions; the losses."""
+    opt = torch.optim.Adam(model.parameters(), lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        ids = progressions(s.batch, s, seed=first_seed + step)
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def trained_gpt2(s: GPT2Settings) -> nn.Module:
+    """A tiny GPT-2 trained in fp32 on the progressions (``pretrain_steps``)."""
     import transformers
 
     torch.manual_seed(s.seed)
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=s.vocab,
                                   bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model = transformers.GPT2LMHeadModel(cfg)
+    lm_steps(model, s, s.pretrain_steps, s.lr, first_seed=0)
+    return model
+
+
+def gpt2_experiment(s: GPT2Settings = GPT2Settings()) -> dict[str, Any]:
+    """fp32 GPT-2 -> PTQ and QAT fine-tuning with ``bits``-bit weights; next-token accuracy on
+    held-out progressions; greedy generation of the int8 model."""
+    start = time.perf_counter()
+    model = trained_gpt2(s)
+    pretrain = time.perf_counter() - start
     test = progressions(64, s, seed=10_000)
     example = {"input_ids": test[:2]}
     config = fxquant.QuantConfig(weight_bits=s.bits)
+    ptq = fxquant.quantize(model, example, config=config)
     start = time.perf_counter()
     qat = fxquant.prepare_qat(model, example, config=config)
-    opt = torch.optim.Adam(qat.parameters(), s.lr)
-    losses = []
-    for step in range(s.steps):
-        ids = progressions(s.batch, s, seed=step)
-        opt.zero_grad()
-        loss = qat(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    qat.eval()
+    losses = lm_steps(qat, s, s.steps, s.qat_lr, first_seed=s.pretrain_steps)
     int8 = fxquant.convert(qat)
+    qat_seconds = time.perf_counter() - start
     prompt = test[:8, :4]
     want = qat.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
     got = int8.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    fp32_gen = model.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
     truth = test[:8, :16]
     return {
         "settings": asdict(s),
-        "seconds": time.perf_counter() - start,
-        "loss_first": losses[0], "loss_last": losses[-1],
-        "loss_curve": losses[:: max(1, s.steps // 12)],
-        "fp32_untrained_next_token_accuracy": next_token_accuracy(model, test),
-        "qat_next_token_accuracy": next_token_accuracy(qat, test),
-        "int8_next_token_accuracy": next_token_accuracy(int8, test),
+        "pretrain_seconds": pretrain, "qat_seconds": qat_seconds,
+        "qat_loss_first": losses[0], "qat_loss_last": losses[-1],
+        "qat_loss_curve": losses[:: max(1, s.steps // 10)],
+        "next_token_accuracy": {
+            "fp32": next_token_accuracy(model, test),
+            f"PTQ w{s.bits} (int8 model)": next_token_accuracy(ptq, test),
+            f"QAT w{s.bits}, fake quant": next_token_accuracy(qat, test),
+            f"QAT w{s.bits} (int8 model)": next_token_accuracy(int8, test),
+        },
         "generate_int8_vs_qat_token_agreement": float((got == want).float().mean()),
+        "generate_fp32_vs_truth_token_agreement": float((fp32_gen[:, 4:] == truth[:, 4:])
+                                                        .float().mean()),
         "generate_int8_vs_truth_token_agreement": float((got[:, 4:] == truth[:, 4:]).float()
                                                         .mean()),
         "example_prompt": prompt[0].tolist(), "example_int8_generation": got[0].tolist(),
@@ -201,13 +233,16 @@ def main() -> None:
     before = uptime()
     digits = digits_experiment(DigitsSettings(fp32_epochs=10, qat_epochs=2) if args.quick
                                else DigitsSettings())
-    gpt2 = gpt2_experiment(GPT2Settings(steps=20) if args.quick else GPT2Settings())
+    gpt2 = gpt2_experiment(GPT2Settings(pretrain_steps=60, steps=10) if args.quick
+                           else GPT2Settings())
     after = uptime()
     print(tabulate([(r["method"], f"{r['test_accuracy']:.2f}%", f"{r['seconds']:.1f}")
                     for r in digits["rows"]], headers=("digits", "test accuracy", "seconds")))
     print()
-    print(tabulate([(k, v) for k, v in gpt2.items() if k not in ("settings", "loss_curve")],
-                   headers=("GPT-2 (tiny) QAT", "")))
+    rows = [(k, f"{100 * v:.1f}%") for k, v in gpt2["next_token_accuracy"].items()]
+    rows += [(k, v) for k, v in gpt2.items()
+             if k not in ("settings", "qat_loss_curve", "next_token_accuracy")]
+    print(tabulate(rows, headers=("GPT-2 (tiny), next-token accuracy / run", "")))
     path = write_json("bench_qat", {"uptime_before": before, "uptime_after": after,
                                     "digits": digits, "gpt2": gpt2})
     print(f"\nwrote {path}; uptime before: {before}; after: {after}")

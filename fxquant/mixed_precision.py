@@ -8,8 +8,9 @@ data.
     print(result.table()) # what was kept, and why
 
 1. The model is quantized with ``config`` and scored on ``batches`` against fp32 (``target``).
-2. If the score misses the target, the per-layer error report (``fxquant.error_report``, each
-   layer on its fp32 input) ranks the layers by their relative int8 error: their sensitivity.
+2. If the score misses the target, the per-layer error report (``fxquant.error_report``) ranks
+   the layers by their sensitivity: the model's relative output error when that layer alone is
+   quantized (every other layer fp32).
 3. The most sensitive layers are kept one more at a time, in that order -- in float
    (``keep="float"``: ``QuantConfig.skip``) or at ``keep`` bits (e.g. 8 instead of 4:
    ``QuantConfig.layer_bits``) -- requantizing and scoring each time, until the target is met:
@@ -83,7 +84,7 @@ class AccuracyTarget:
 class KeptLayer:
     name: str
     rank: int  # 1 = most sensitive
-    sensitivity: float  # relative int8 error of the layer alone (error report)
+    sensitivity: float  # the model's relative output error with this layer alone quantized
     reason: str
 
 
@@ -110,10 +111,11 @@ class MixedPrecisionResult:
         head = (f"target {self.target.describe()}: {status} with {len(self.kept)} layer(s) kept "
                 f"{self.keep_description}, score {self.score:.6g}")
         trials = ", ".join(f"{k} kept: {s:.6g}" for k, s in self.trials)
-        rows = [(k.name, k.rank, f"{100 * k.sensitivity:.3g}%", k.reason) for k in self.kept]
+        rows = [(k.name, k.rank, f"{100 * k.sensitivity:.3g}%") for k in self.kept]
         parts = [head, f"trials: {trials}"]
         if rows:
-            parts.append(tabulate(rows, headers=("kept layer", "rank", "int8 error", "why")))
+            parts.append(tabulate(rows, headers=("kept layer", "sensitivity rank",
+                                                 "model error, layer alone quantized")))
         return "\n".join(parts)
 
     def __str__(self) -> str:
@@ -214,8 +216,8 @@ def quantize_to_target(
         result.kept = [
             KeptLayer(name, rank, error, f"kept {result.keep_description} by quantize_to_target: "
                       f"sensitivity rank "
-                      f"{rank} of {len(ranked)} (int8 error {100 * error:.3g}% alone); target "
-                      f"{target.describe()}")
+                      f"{rank} of {len(ranked)} (model output error {100 * error:.3g}% with this "
+                      f"layer alone quantized); target {target.describe()}")
             for rank, (name, error) in enumerate(ranked[:k], start=1)]
         if target.met(score):
             result.met = True

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .error_report import ErrorReport
 
-COLOURS = {"fake_quant": "#1f77b4", "int8": "#ff7f0e", "onnx": "#2ca02c"}
-LABELS = {"fake_quant": "fake quant", "int8": "int8 (PyTorch)", "onnx": "ONNX Runtime"}
+COLOURS = {"fake_quant": "#1f77b4", "int8": "#ff7f0e", "onnx": "#2ca02c",
+           "model_error": "#9467bd"}
+LABELS = {"fake_quant": "fake quant", "int8": "int8 (PyTorch)", "onnx": "ONNX Runtime",
+          "model_error": "model output, layer alone int8"}
 
 
 def _series(report: ErrorReport) -> dict[str, list[float]]:
@@ -18,7 +20,8 @@ def _series(report: ErrorReport) -> dict[str, list[float]]:
     for variant in COLOURS:
         values = [getattr(x, variant) for x in report.layers]
         if any(v is not None for v in values):
-            out[variant] = [100 * v.relative if v is not None else 0.0 for v in values]
+            out[variant] = [0.0 if v is None else 100 * (v if isinstance(v, float) else v.relative)
+                            for v in values]
     return out
 
 
@@ -42,7 +45,7 @@ def error_bars(report: ErrorReport, path: Path) -> Path:
     ax.set_yticks([k + 0.4 - height / 2 for k in range(len(names))], names)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("relative output error vs fp32 (%)")
+    ax.set_xlabel("relative error vs fp32 (%): the layer's output, and the model's")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -67,8 +70,8 @@ def _svg(report: ErrorReport, width: int = 760) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           '<text x="10" y="18" font-size="13">Relative output error vs fp32 per layer (%), '
-           'each layer on its fp32 input</text>']
+           '<text x="10" y="18" font-size="13">Relative error vs fp32 per layer (%): the '
+           "layer's output on its fp32 input, and the model's output</text>"]
     for k in range(lo, hi + 1):
         x = px(10.0**k)
         out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" '
@@ -85,7 +88,7 @@ def _svg(report: ErrorReport, width: int = 760) -> str:
                        f'height="{bar - 1}" fill="{COLOURS[variant]}"/>')
     legend_y = top + group * len(names) + 34
     for i, variant in enumerate(series):
-        x = left + i * 150
+        x = 20 + i * 150
         out.append(f'<rect x="{x}" y="{legend_y - 9}" width="10" height="10" '
                    f'fill="{COLOURS[variant]}"/>')
         out.append(f'<text x="{x + 14}" y="{legend_y}">{LABELS[variant]}</text>')
