@@ -31,11 +31,11 @@ from torch import nn
 
 from . import api, utils
 from .capture import as_input_tuple
-from .passes.pack_weights import portable_model
 from .errors import ExportError
 from .onnx_export import ExportResult, export_onnx, onnx_info
 from .onnx_export.reference import export_reference
 from .onnx_export.validate import run_validation
+from .passes.pack_weights import portable_model
 from .real_quant import quant_config_of, to_float_model
 
 
