@@ -21,6 +21,7 @@ from ..capture import check_model
 from ..config import QuantConfig
 from ..errors import ConfigError
 from ..fake_quantizers import ActivationFakeQuant, WeightFakeQuant
+from ..graph import fetch_attr
 from ..inputs import as_model_inputs, calibration_batches
 from ..record import record_of
 from ..regions.compile import region_modules
@@ -69,9 +70,16 @@ def _share_tied(model: nn.Module) -> None:
                 continue
             weight = node.args[0]
             attr = weight if weight.op == "get_attr" else weight.args[0]
-            tensor = gm.get_parameter(str(attr.target))
+            tensor = fetch_attr(gm, str(attr.target))
             key = (id(tensor), int(weight.op == "get_attr"))
             set_submodule(gm, str(node.target), first.setdefault(key, module))
+
+
+def _trainable(gm: fx.GraphModule) -> fx.GraphModule:
+    """The graph in a plain GraphModule: the module ``torch.export`` returns refuses ``train()``."""
+    plain = fx.GraphModule(gm, gm.graph, class_name=type(gm).__name__)
+    plain.meta.update(gm.meta)
+    return plain
 
 
 def _calibrate(model: nn.Module, batches: Iterable[Any], example: Any) -> int:
@@ -126,7 +134,7 @@ def prepare_qat(
         if name:
             set_submodule(qat, name, gm)
         else:
-            qat = gm
+            qat = _trainable(gm)
     if learnable_scales:
         for fq in fake_quantizers(qat):
             fq.learn_scale()

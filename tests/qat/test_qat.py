@@ -150,3 +150,30 @@ def test_conv_model_with_batchnorm_trains_and_converts():
     with torch.no_grad():
         sim, out = qat(x), int8(x)
     torch.testing.assert_close(out, sim, rtol=1e-4, atol=1e-4 * sim.abs().max().item())
+
+
+class NeedsExport(nn.Module):
+    """symbolic_trace cannot iterate over a Proxy; torch.export captures it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(x.dim() - 1):
+            x = x * 1.0
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_model_captured_with_torch_export_trains_and_converts():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    qat = fxquant.prepare_qat(NeedsExport().eval(), (x[:4],), config=QuantConfig(weight_bits=4),
+                              learnable_scales=True)
+    assert qat.meta["fxquant"]["capture"] == "torch.export"
+    losses = _train(qat, steps=8, inputs=(x, y))  # train() works (torch.export's module refuses)
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in qat.parameters() if p.requires_grad)
+    qat.eval()
+    with torch.no_grad(), ops.reference_kernels():
+        torch.testing.assert_close(fxquant.convert(qat)(x), qat(x), rtol=1e-5, atol=1e-5)
