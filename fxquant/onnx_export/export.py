@@ -4,43 +4,43 @@
     lower      placeholders -> the ONNX patterns ONNX Runtime fuses          (.lower, .lower_*)
     describe   metadata_props + quantization_annotation                      (.metadata)
     finalize   ai.onnx only, IR version of the opset, full onnx.checker       (.finalize)
+    write      one file, or with external data over 2 GB                     (.write)
     validate   on request: ONNX Runtime vs the function the file encodes     (.validate)
 
-The file is written to a temporary file in the target folder and moved into place only when
-every step succeeded, so a failed export leaves no file at ``path``.
+What is traced is an :class:`.spec.ExportSpec`: the model as called with the example, or a causal
+LM as a decoder with its KV cache (.decoder). The files are written to a temporary folder beside
+the target and moved into place only when every step (validation included) succeeded, so a failed
+export leaves no file at ``path``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
+import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
-import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from .. import ops
 from ..errors import ExportError
 from ..passes.pack_weights import portable_model
 from . import checks
+from .decoder import decoder_spec, is_causal_lm, wants_kv_cache
 from .dynamic_shapes import traceable_sizes
 from .finalize import finalize
 from .lower import Lowered, lower_placeholders
-from .metadata import accuracy_metadata, build_metadata, write_metadata
+from .metadata import accuracy_metadata, build_metadata, read_metadata, write_metadata
 from .scheme import resolve_scheme
+from .spec import ExportSpec, plain_spec
 from .trace import trace_to_onnx
-from .validate import ValidationReport, run_validation, twin_of
+from .validate import ValidationReport, float_twin_of, twin_of, validate_cases
 from .versions import DEFAULT_OPSET
-
-BATCH_AXIS = "batch"
+from .write import staged
 
 
 @dataclass(frozen=True)
@@ -48,51 +48,21 @@ class ExportResult:
     """What :func:`export_onnx` wrote."""
 
     path: Path
-    size_bytes: int
+    size_bytes: int  # the model file plus its external data, if any
     mode: str
     opset: int
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     validation: ValidationReport | None
+    kv_cache: bool = False  # a decoder with its KV cache as inputs and outputs (decoder.py)
+    external_data: Path | None = None  # the tensors' file, when not inside the model file
 
 
-def _input_names(model: nn.Module, count: int) -> list[str]:
-    if isinstance(model, fx.GraphModule):
-        names = [str(n.target) for n in model.graph.nodes if n.op == "placeholder"]
-    else:
-        names = list(inspect.signature(model.forward).parameters)
-    names = [n.lstrip("*") for n in names][:count]
-    return names + [f"input_{i}" for i in range(len(names), count)]
-
-
-class _FlatOutputs(nn.Module):
-    """Returns the model's output tensors as one flat tuple (for dict / ModelOutput results)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(pytree.tree_leaves(self.model(*args)))
-
-
-def _axes(
-    inputs: Sequence[torch.Tensor],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    dynamic_batch: bool,
-    extra: Mapping[str, Mapping[int, str]] | None,
-) -> dict[str, dict[int, str]]:
-    axes: dict[str, dict[int, str]] = {}
-    if dynamic_batch:
-        for name, tensor in zip(input_names, inputs, strict=True):
-            if tensor.dim() > 0:
-                axes[name] = {0: BATCH_AXIS}
-        for name in output_names:
-            axes[name] = {0: BATCH_AXIS}
-    for name, more in (extra or {}).items():
-        axes.setdefault(name, {}).update(more)
-    return axes
+def _layer_name(region: str, source: str) -> str:
+    """The layer's name in the model: a region that is one layer reads its own ``weight``."""
+    if region and source in ("weight", "weight_t", ""):
+        return region
+    return ".".join(p for p in (region, source) if p)
 
 
 def _sources(subject: checks.Subject, root: str) -> dict[str, str]:
@@ -104,28 +74,11 @@ def _sources(subject: checks.Subject, root: str) -> dict[str, str]:
             if node.op != "call_function" or node.target not in ops.ALL_OPS:
                 continue
             source = node.meta.get("fxquant", {}).get("source")
+            source = _layer_name(name, source) if source is not None else None
             for arg in node.args:
                 if source and isinstance(arg, fx.Node) and arg.op == "get_attr":
                     out.setdefault(f"{prefix}.{arg.target}" if prefix else str(arg.target), source)
     return out
-
-
-def _write_atomically(data: bytes, target: Path) -> None:
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise ExportError(f"cannot write {target}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ExportError(f"cannot write {target}: {exc}") from exc
-        raise
 
 
 def export_onnx(
@@ -135,29 +88,39 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
+    dynamic_sequence: bool = True,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     validate: bool = False,
     matmul_weights: str = "auto",
     matmul_nbits: bool = False,
+    kv_cache: bool | None = None,
+    all_logits: bool = False,
+    external_data: bool | None = None,
 ) -> ExportResult:
     """Export a model quantized by fxquant (any mode) as a standard ONNX file.
 
     Args:
-        model: a GraphModule returned by ``fxquant.quantize`` / ``fxquant.convert`` (or a module
-            containing one). A model fxquant did not convert is exported as float32, with a
-            warning; a prepared (observed) model is refused.
+        model: a GraphModule returned by ``fxquant.quantize`` / ``fxquant.convert``, a Hugging
+            Face model quantized region by region (or a module containing one). A model fxquant
+            did not convert is exported as float32, with a warning; a prepared (observed) model
+            is refused.
         path: the file to write. Nothing is written there unless the whole export succeeds.
-        example_inputs: a tuple of tensors (or one tensor) the model accepts; traced once.
+        example_inputs: a tuple of tensors (or one tensor) the model accepts; traced once. For a
+            causal LM: ``{"input_ids": ids, "attention_mask": mask}``, ``(ids, mask)`` or ids.
         opset: the ``ai.onnx`` opset (13..20; per-channel scales need >= 13). The IR version
             is the one that goes with it (7 for opset 14).
         dynamic_batch: make axis 0 of every input and output a dynamic ``batch`` dimension.
-        dynamic_axes: more dynamic axes, e.g. ``{"input_ids": {1: "seq"}, "output": {1: "seq"}}``.
+        dynamic_sequence: make axis 1 of every token input (an integer [batch, sequence]
+            tensor: ids, masks, token types) a dynamic ``sequence`` dimension.
+        dynamic_axes: more dynamic axes, e.g. ``{"pixel_values": {2: "height"}}``.
         input_names / output_names: graph names (default: the forward's argument names;
             ``output`` or ``output_0``, ``output_1``...).
-        validate: run ONNX Runtime on ``example_inputs`` and compare with the model (bounds in
-            :mod:`fxquant.onnx_export.validate`); ``ExportError`` when out of bounds.
+        validate: run ONNX Runtime on ``example_inputs`` (for a decoder: a prefill and three
+            decode steps) and compare with the function the file encodes, in units of the
+            model's activation rounding, padding excluded (:mod:`fxquant.onnx_export.validate`);
+            ``ExportError`` when out of bounds.
         matmul_weights: codes type of the weights of integer layers (dynamic and static):
             ``"auto"`` (int8 -- ONNX Runtime's own pattern -- where no pair of codes can
             saturate an AVX2 kernel, as fxquant's default pair-safe scales guarantee; uint8
@@ -167,6 +130,13 @@ def export_onnx(
             ``MatMulNBits`` (packed codes, computed in 4 bits) instead of the standard opset-14
             dequantization (int8 codes, folded to float at load); see
             :mod:`fxquant.onnx_export.lower_grouped`. The file then imports ``com.microsoft``.
+        kv_cache: export a causal LM as one decoder with its KV cache as inputs and outputs
+            (Optimum's layout, :mod:`fxquant.onnx_export.decoder`); None: for every Hugging Face
+            ``*ForCausalLM``. Then names and axes are the layout's own.
+        all_logits: a decoder's ``logits`` for every position ([batch, sequence, vocab], for
+            scoring) instead of the last one ([batch, 1, vocab], what generation reads).
+        external_data: write the tensors to ``<path>.data`` beside the model file (ONNX external
+            data); None: only when they exceed what one protobuf holds (2 GB).
 
     Returns:
         an :class:`ExportResult` (path, size, names, and the validation report if requested).
@@ -181,53 +151,79 @@ def export_onnx(
     target = checks.check_path(path)
     checks.check_opset_for(subject, opset)
     scheme = resolve_scheme(subject.config, matmul_weights, matmul_nbits, opset)
-    inputs, outputs = checks.check_example_inputs(subject, example_inputs)
-    in_names = list(input_names) if input_names else _input_names(subject.model, len(inputs))
-    out_names = list(output_names) if output_names else list(outputs.names)
-    if len(in_names) != len(inputs) or len(out_names) != len(outputs.names):
-        raise ExportError(
-            f"{len(in_names)} input names for {len(inputs)} inputs, {len(out_names)} output names "
-            f"for {len(outputs.names)} outputs: pass one name per tensor."
-        )
-    traced = subject.model if outputs.flat else _FlatOutputs(subject.model)
-    axes = _axes(inputs, in_names, out_names, dynamic_batch, dynamic_axes)
-    with traceable_sizes(subject.model) if axes else contextlib.nullcontext():
-        proto = trace_to_onnx(
-            traced,
-            inputs,
-            opset=opset,
-            input_names=in_names,
-            output_names=out_names,
-            dynamic_axes=axes,
-        )
-    sources = _sources(subject, "" if outputs.flat else "model")
-    lowered = lower_placeholders(proto, sources, scheme)
-    _describe(proto, subject, lowered)
-    finalize(proto, opset, {name for dims in axes.values() for name in dims.values()},
-             allow_contrib=scheme.matmul_nbits)
-    data = proto.SerializeToString()
+    decoder = wants_kv_cache(subject.model, kv_cache)
+    if decoder:
+        spec = decoder_spec(subject.model, example_inputs, all_logits=all_logits)
+    else:
+        spec = plain_spec(subject, example_inputs, input_names=input_names,
+                          output_names=output_names, dynamic_batch=dynamic_batch,
+                          dynamic_sequence=dynamic_sequence, dynamic_axes=dynamic_axes,
+                          without_cache=is_causal_lm(subject.model))
+    with traceable_sizes(subject.model):
+        proto = trace_to_onnx(spec.module, spec.inputs, opset=opset,
+                              input_names=spec.input_names, output_names=spec.output_names,
+                              dynamic_axes=spec.axes)
+    lowered = lower_placeholders(proto, _sources(subject, spec.root), scheme)
+    _describe(proto, subject, lowered, spec.metadata)
+    finalize(proto, opset, spec.axis_names, allow_contrib=scheme.matmul_nbits)
     mode = subject.config.mode if subject.config else "float"
-    report = None
-    if untraced is not None:
-        report = run_validation(
-            data,
-            twin_of(untraced.model, untraced.converted),
-            untraced.model,
-            inputs,
-            in_names,
-            out_names,
-            mode,
-        )  # compares flattened outputs
-    _write_atomically(data, target)
-    return ExportResult(target, len(data), mode, opset, tuple(in_names), tuple(out_names), report)
+    with staged(proto, target, external_data) as files:
+        report = None
+        if untraced is not None:
+            report = _validate(files.model, spec, untraced, mode, matmul_weights)
+        size = files.size_bytes
+        _, data = files.commit()
+    return ExportResult(target, size, mode, opset, tuple(spec.input_names),
+                        tuple(spec.output_names), report, decoder, data)
 
 
-def _describe(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered) -> None:
+def _validate(
+    path: Path, spec: ExportSpec, untraced: checks.Subject, mode: str, matmul_weights: str
+) -> ValidationReport:
+    """The file at ``path`` against the twin on the spec's validation cases."""
+    twin = spec.wrap(twin_of(untraced.model, untraced.converted))
+    floats = spec.wrap(float_twin_of(untraced.model, untraced.converted))
+    return validate_cases(path, spec.cases(twin), floats, spec.input_names, spec.output_names,
+                          mode, matmul_weights)
+
+
+def validate_onnx(
+    path: str | os.PathLike[str], model: nn.Module, example_inputs: Any, *,
+    matmul_weights: str = "auto",
+) -> ValidationReport:
+    """Validate an ONNX file against ``model`` as ``export_onnx(validate=True)`` does: the file's
+    outputs against the model's export twin on ``example_inputs`` (a decoder file, recognised by
+    its ``fxquant.kv_cache`` metadata: a prefill and three decode steps), in units of the model's
+    activation rounding. ``ExportError`` when out of bounds; the report otherwise."""
+    target = Path(path)
+    try:
+        proto = onnx.load(str(target), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"cannot read {target} as an ONNX model: {exc}") from exc
+    layout = read_metadata(proto).get("fxquant.kv_cache")
+    subject = checks.inspect_model(portable_model(model))
+    if isinstance(layout, str):
+        spec = decoder_spec(subject.model, example_inputs,
+                            all_logits=bool(json.loads(layout).get("all_logits")))
+    else:
+        inits = {t.name for t in proto.graph.initializer}
+        spec = plain_spec(subject, example_inputs,
+                          input_names=[i.name for i in proto.graph.input if i.name not in inits],
+                          output_names=[o.name for o in proto.graph.output],
+                          dynamic_batch=True, dynamic_sequence=True, dynamic_axes=None,
+                          without_cache=is_causal_lm(subject.model))
+    mode = subject.config.mode if subject.config else "float"
+    return _validate(target, spec, subject, mode, matmul_weights)
+
+
+def _describe(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered,
+              extra: Mapping[str, str]) -> None:
     source_class = str(subject.record.get("source_class", type(subject.model).__name__))
     props = build_metadata(
         subject.config, subject.record, source_class, lowered.codes_types, len(lowered.weights)
     )
     props.update(accuracy_metadata(subject.config, lowered.grouped))
+    props.update(extra)
     write_metadata(proto, props, lowered.annotations)
     proto.graph.name = source_class
     proto.doc_string = (

@@ -4,8 +4,9 @@
 Requires: a lowered model (no placeholder left).
 Guarantees: ``opset_import`` is exactly ``ai.onnx`` at the requested opset (plus ``com.microsoft``
 when the export was asked for ONNX Runtime's ``MatMulNBits``); ``ir_version`` is the one that goes
-with that opset; the file passes the full checker (which also runs strict shape inference). Any
-other node outside the default domain is an error naming it.
+with that opset; the file passes the full checker (which also runs strict shape inference; over
+2 GB the writer runs it on the file). Any other node outside the default domain is an error
+naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import onnx
 
 from ..errors import ExportError
 from .versions import ir_version_for
+from .write import too_large_for_one_file
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -28,8 +30,9 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
-    """Output dimensions the exporter could not name get the size shape inference finds, or a
-    plain ``<output>_dim_<i>`` name instead of the exporter's internal ones."""
+    """Output dimensions the exporter could not name get the size or the declared axis (an
+    input's ``sequence``) shape inference finds, or a plain ``<output>_dim_<i>`` name instead of
+    the exporter's internal ones."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference is only a nicety here; the checker below is strict
@@ -43,6 +46,8 @@ def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
                 continue
             if i < len(better) and better[i].HasField("dim_value"):
                 dim.dim_value = better[i].dim_value
+            elif i < len(better) and better[i].dim_param in declared:  # e.g. "sequence"
+                dim.dim_param = better[i].dim_param
             else:
                 dim.dim_param = f"{output.name}_dim_{i}"
 
@@ -73,7 +78,8 @@ def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = froze
     _tidy_output_dims(model, set(declared_axes))
     model.producer_name = "fxquant"
     model.producer_version = _fxquant_version()
-    check(model)
+    if not too_large_for_one_file(model):  # over 2 GB the checker reads the file (write.py)
+        check(model)
 
 
 def _fxquant_version() -> str:

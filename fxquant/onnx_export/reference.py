@@ -21,6 +21,7 @@ import torch.fx as fx
 
 from .. import ops
 from ..graph import CONV_FNS, fetch_attr
+from ..kernels import reference as kernels
 from .bias import rounded_bias
 
 # fxquant op -> index of its reduce_range argument
@@ -90,3 +91,63 @@ def export_reference(gm: fx.GraphModule) -> fx.GraphModule:
             _round_bias(twin, node)
     twin.recompile()
     return twin
+
+
+# --- the same model with float activations: what quantizing the activations costs ---------------
+
+
+def _linear_dynamic_float(x, codes, scale, zero_point, bias, reduce_range):
+    return kernels.linear_int8_weight(x, codes, scale, zero_point, bias)
+
+
+def _linear_static_float(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias):
+    return kernels.linear_int8_weight(x, codes, scale, zero_point, bias)
+
+
+def _conv_float(x, codes, scale, zero_point, bias, stride, padding, dilation, groups, relu):
+    y = kernels.conv_int8_weight(x, codes, scale, zero_point, bias, stride, padding, dilation,
+                                 groups)
+    return torch.relu(y) if relu else y
+
+
+def _conv_dynamic_float(x, codes, scale, zero_point, bias, reduce_range, *conv):
+    return _conv_float(x, codes, scale, zero_point, bias, *conv)
+
+
+def _conv_static_float(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias,
+                       *conv):
+    return _conv_float(x, codes, scale, zero_point, bias, *conv)
+
+
+def _first(x, *_args):
+    return x
+
+
+# fxquant op name -> the same computation with the activation left in float (weights int8).
+_FLOAT_ACTIVATIONS = {
+    "linear_dynamic": _linear_dynamic_float,
+    "linear_dynamic_per_token": _linear_dynamic_float,
+    "linear_static": _linear_static_float,
+    "conv_dynamic": _conv_dynamic_float,
+    "conv_static": _conv_static_float,
+    "fake_quantize_dynamic": _first,
+    "fake_quantize_dynamic_per_token": _first,
+    "quantize_activation": _first,
+    "dequantize_activation": _first,
+}
+
+
+def float_activation_reference(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` with every activation quantizer removed (weights stay int8 codes).
+
+    It differs from the export twin by exactly the activation rounding, so ``twin - float`` is
+    the size of that rounding on real inputs: the unit validation measures the file's error in.
+    """
+    floats = copy.deepcopy(gm)
+    table = {getattr(ops, name): fn for name, fn in _FLOAT_ACTIVATIONS.items()
+             if hasattr(ops, name)}
+    for node in floats.graph.nodes:
+        if node.op == "call_function" and node.target in table:
+            node.target = table[node.target]
+    floats.recompile()
+    return floats

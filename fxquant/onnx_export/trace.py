@@ -10,6 +10,8 @@ FX graph by hand would mean re-implementing the translation of every torch op a 
 from __future__ import annotations
 
 import io
+import itertools
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,12 +23,13 @@ from torch import nn
 from ..errors import ExportError
 from . import symbolics
 from .errors import OpsetError
+from .write import EXTERNAL_DATA_THRESHOLD
 
 # The exporter warns that it is the legacy path on every call; fxquant chose it on purpose.
 _QUIET = ("legacy TorchScript-based ONNX export", "will be removed")
 
 
-def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO,
+def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO | str,
                   opset: int, input_names: Sequence[str], output_names: Sequence[str],
                   dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
     with warnings.catch_warnings(), symbolics.registered(opset), torch.no_grad():
@@ -57,9 +60,17 @@ def trace_to_onnx(
     dynamic_axes: Mapping[str, Mapping[int, str]],
 ) -> onnx.ModelProto:
     """An ONNX model of ``model`` in which each fxquant op is one placeholder node."""
-    buffer = io.BytesIO()
+    args = (opset, input_names, output_names, dynamic_axes)
     try:
-        _run_exporter(model, inputs, buffer, opset, input_names, output_names, dynamic_axes)
+        if state_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
+            buffer = io.BytesIO()
+            _run_exporter(model, inputs, buffer, *args)
+            return onnx.load_model_from_string(buffer.getvalue())
+        # Over 2 GB the exporter writes a file with external data; read it back whole.
+        with tempfile.TemporaryDirectory(prefix="fxquant-trace-") as folder:
+            path = f"{folder}/traced.onnx"
+            _run_exporter(model, inputs, path, *args)
+            return onnx.load(path)
     except ExportError:
         raise
     except torch.onnx.errors.UnsupportedOperatorError as exc:
@@ -73,4 +84,11 @@ def trace_to_onnx(
             f"{type(exc).__name__}: {message}. If an op is missing at this opset, try a newer "
             "opset (up to 20)."
         ) from exc
-    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each tensor counted once)."""
+    seen: dict[int, int] = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
