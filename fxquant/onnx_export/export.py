@@ -107,7 +107,8 @@ def export_onnx(
             did not convert is exported as float32, with a warning; a prepared (observed) model
             is refused.
         path: the file to write. Nothing is written there unless the whole export succeeds.
-        example_inputs: a tuple of tensors (or one tensor) the model accepts; traced once. For a
+        example_inputs: a tuple of tensors (or one tensor) the model accepts, or a dict /
+            tokenizer output whose keys are the forward's leading parameters; traced once. For a
             causal LM: ``{"input_ids": ids, "attention_mask": mask}``, ``(ids, mask)`` or ids.
         opset: the ``ai.onnx`` opset (13..20; per-channel scales need >= 13). The IR version
             is the one that goes with it (7 for opset 14).

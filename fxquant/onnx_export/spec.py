@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .. import ops
-from ..errors import ExportError
+from ..errors import ExampleInputError, ExportError
 from . import checks
 
 BATCH_AXIS = "batch"
@@ -95,6 +95,21 @@ class WithoutCache(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         return self.model(*args, use_cache=False).logits
+
+
+def positional(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Keyword inputs as the leading positional arguments of ``model.forward`` (the exporter
+    traces positional inputs): they must be its first parameters, in any order."""
+    params = [n for n, p in inspect.signature(model.forward).parameters.items()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    head = params[:len(inputs)]
+    if sorted(head) != sorted(inputs):
+        raise ExampleInputError(
+            f"example inputs {sorted(inputs)} must be the first parameters of "
+            f"{type(model).__name__}.forward ({', '.join(params[:len(inputs) + 2])}, ...) to be "
+            "exported by name; pass a tuple in the order of forward's parameters instead."
+        )
+    return tuple(inputs[name] for name in head)
 
 
 def is_token_input(tensor: torch.Tensor) -> bool:
@@ -168,6 +183,9 @@ def plain_spec(
     ``without_cache``: the model is a causal LM to call with ``use_cache=False`` (logits only).
     """
     names_from = subject.model
+    if isinstance(example_inputs, Mapping):  # keyword inputs (a tokenizer's output)
+        example_inputs = positional(names_from, example_inputs)
+        input_names = input_names or list(_input_names(names_from, len(example_inputs)))
     if without_cache:
         subject = dataclasses.replace(subject, model=WithoutCache(subject.model))
         output_names = output_names or ["logits"]

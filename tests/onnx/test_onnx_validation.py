@@ -133,3 +133,18 @@ def test_minilm_shaped_bert_with_padding_passes(tmp_path):
     assert report.passed
     assert all(c.units <= 2.0 for c in report.outputs)
     assert np.isfinite([c.error for c in report.outputs]).all()
+
+
+def test_tokenizer_dict_examples_export_by_name(tmp_path):
+    """A tokenizer's output (keyword inputs) exports as the forward's leading parameters."""
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+        vocab_size=120)).eval()
+    ids, mask = _padded(2, 6, 120, left=False)
+    batch = transformers.BatchEncoding({"attention_mask": mask, "input_ids": ids})
+    q = fxquant.quantize(bert, batch)
+    result = fxquant.export_onnx(q, tmp_path / "b.onnx", batch, validate=True)
+    assert result.input_names == ("input_ids", "attention_mask") and result.validation.passed
+    with pytest.raises(fxquant.ExampleInputError, match="first parameters"):
+        fxquant.export_onnx(q, tmp_path / "c.onnx", {"input_ids": ids, "position_ids": ids})
