@@ -33,7 +33,7 @@ def test_round_trip_through_json(config):
 def test_a_dict_written_before_these_fields_still_loads():
     old = QuantConfig().to_dict()
     for key in ("group_size", "weight_method", "gptq_damp", "gptq_act_order", "gptq_block_size",
-                "awq_grid", "smoothquant_alpha", "activation_granularity"):
+                "awq_grid", "smoothquant_alpha", "activation_granularity", "gptq_clip_search"):
         old.pop(key)
     assert QuantConfig.from_dict(old) == QuantConfig()
 

@@ -33,6 +33,7 @@ class WeightScheme:
     per_channel: bool = True
     group_size: int | None = None  # set: one scale per group of input channels
     pair_safe: bool = False  # AVX2-saturation-safe per-channel scales (numerics.pair_safe_scale)
+    clip_search: bool = False  # group ranges shrunk for the least rounding error (GPTQ's "mse")
 
     @property
     def qrange(self) -> numerics.QRange:
@@ -42,7 +43,8 @@ class WeightScheme:
         """Scale and signed zero-point of ``w`` [N, K]: ``[N, K / group_size]`` per group, else
         ``[N]``."""
         if self.group_size:
-            return groupwise_qparams(w, self.bits, self.symmetric, self.group_size)
+            return groupwise_qparams(w, self.bits, self.symmetric, self.group_size,
+                                     self.clip_search)
         qw = numerics.quantize_weight(w, self.bits, self.symmetric, self.per_channel,
                                       pair_safe=self.pair_safe)
         return qw.scale, qw.zero_point

@@ -5,7 +5,8 @@ with ``weight_method="gptq"``, then ``calibrate``); otherwise the pass does noth
 ``smooth_quant`` / ``awq``, so it quantizes the weights as they will be stored.
 Guarantees: every quantized linear whose weight is its own gets codes, scales and zero-points from
 ``fxquant/algorithms/gptq.py`` (damping ``gptq_damp``, ``gptq_block_size``, ``gptq_act_order``;
-group parameters "static", from the original weight in natural order) on its
+group parameters "static", from the original weight in natural order, each group's range chosen
+for the least rounding error when ``gptq_clip_search``) on its
 ``WeightObserver.precomputed``, which ``lower_to_int8`` stores as they are -- same buffers, same
 layout, same ops as round-to-nearest. Per-channel (int8, pair-safe in the int8-GEMM modes) and
 group-wise (2..8-bit) weights alike. Each records ``meta["fxquant"]["gptq"]`` (the damping used);
@@ -17,6 +18,8 @@ makes 4-bit weights usable.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch.fx as fx
 
@@ -46,8 +49,9 @@ def run_gptq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             ctx.refuse(PASS, node, f"{meta(node)['weight_shared']}; round-to-nearest instead")
             continue
         observer = weight_observer(gm, node)
+        scheme = dataclasses.replace(observer.scheme(), clip_search=cfg.gptq_clip_search)
         result = gptq_quantize(
-            fetch_attr(gm, weight_target(node)), _hessian_of(gm, node), observer.scheme(),
+            fetch_attr(gm, weight_target(node)), _hessian_of(gm, node), scheme,
             damp=cfg.gptq_damp, block_size=cfg.gptq_block_size, act_order=cfg.gptq_act_order,
         )
         observer.precomputed = result.weight

@@ -77,3 +77,21 @@ def test_scheme_assembles_signed_codes_into_the_stored_form():
     rtn = scheme.quantize(w)
     assert torch.equal(assembled.codes, rtn.codes) and torch.equal(assembled.zero_point,
                                                                    rtn.zero_point)
+
+
+def test_clip_search_never_rounds_a_group_worse_than_its_full_range():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(8, 64, generator=g)
+    w[0, 3] = 12.0  # one extreme value in the first group of row 0
+    full = groupwise_quantized(w, clip=False)
+    clipped = groupwise_quantized(w, clip=True)
+    err = lambda q: ((q - w) ** 2).reshape(8, 4, 16).sum(-1)  # noqa: E731
+    assert bool((err(clipped) <= err(full) * (1 + 1e-6)).all())
+    assert bool((err(clipped) < err(full)).any())
+
+
+def groupwise_quantized(w, clip):
+    scheme = WeightScheme(4, symmetric=False, group_size=16, clip_search=clip)
+    scale, zp = scheme.params(w)
+    codes = scheme.codes(w, scheme.per_column(scale, 64), scheme.per_column(zp, 64))
+    return scheme.assemble(codes, scale, zp).dequantize()
