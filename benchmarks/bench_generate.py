@@ -180,7 +180,7 @@ print(json.dumps({{"fp32_mb": nbytes / 1e6, "quantize_s": dt,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["gpt2", "llama"])
+    parser.add_argument("--models", nargs="*", default=["gpt2", "llama"])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory", action="store_true")
