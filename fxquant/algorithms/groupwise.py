@@ -57,7 +57,12 @@ class GroupedWeight:
 
     def stored_codes(self) -> torch.Tensor:
         """What the model stores: two codes per byte for 4 bits or fewer, else one per byte."""
-        return pack_int4(self.codes) if self.packed else self.codes
+        if not self.packed:
+            return self.codes
+        if self.codes.is_meta:  # a structural replay (fxquant.load): shapes only
+            n, k = self.codes.shape
+            return torch.empty((n, k // 2), dtype=torch.uint8, device="meta")
+        return pack_int4(self.codes)
 
 
 def offset(bits: int) -> int:

@@ -48,7 +48,7 @@ def run_awq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
         if getattr(ctx, "replay", False):
-            scale, record = torch.ones(weights[0].shape[1]), {}
+            scale, record = torch.ones(weights[0].shape[1], device=weights[0].device), {}
         else:
             stats.require_data("weight_method='awq'")
             schemes = [weight_observer(gm, lin).scheme() for lin in linears]

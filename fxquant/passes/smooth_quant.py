@@ -48,7 +48,7 @@ def run_smooth_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
         if getattr(ctx, "replay", False):  # structure only: the saved tensors are loaded over it
-            s = torch.ones(weights[0].shape[1])
+            s = torch.ones(weights[0].shape[1], device=weights[0].device)
         else:
             stats.require_data(f"SmoothQuant (smoothquant_alpha={alpha}), in dynamic mode too,")
             s = smoothquant_scales(stats.abs_max, weights, alpha)

@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from .. import passes
+from ..algorithms.statistics import InputStatistics
 from ..capture import symbolic_trace
 from ..config import QuantConfig
 from ..errors import CaptureError, FormatError, SaveLoadError
@@ -94,8 +95,10 @@ def replay_info(model: nn.Module, record: QuantRecord) -> dict[str, RegionReplay
 
 
 def _use_recorded_ranges(gm: fx.GraphModule, recorded: RegionReplay, name: str) -> None:
+    # Activation observers only: input statistics (SmoothQuant / AWQ / GPTQ) are no range.
     nodes = [n for n in gm.graph.nodes
-             if n.op == "call_module" and isinstance(fetch_attr(gm, n.target), Observer)]
+             if n.op == "call_module" and isinstance(fetch_attr(gm, n.target), Observer)
+             and not isinstance(fetch_attr(gm, n.target), InputStatistics)]
     if len(nodes) != len(recorded.activation_ranges):
         raise FormatError(
             f"{_where(name)}: the replay inserted {len(nodes)} activation observers where the "
