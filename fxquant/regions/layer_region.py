@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 
 from .. import numerics
+from ..kernels import reference
 
 _SHAPE_KEY = "layer_weight_shape"
 
@@ -27,6 +28,18 @@ def _only_in(state: dict[str, torch.Tensor], suffix: str) -> torch.Tensor | None
     return found[0] if len(found) == 1 else None
 
 
+def _grouped_weight(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The float weight of a group-wise layer (codes two per byte, ``_w_int4``, or one,
+    ``_w_uint8``; scales ``[N, K / group_size]``), or None for any other layer."""
+    scale, zp = _only_in(state, "_w_scale"), _only_in(state, "_w_zp")
+    for suffix, per_byte in (("_w_int4", 2), ("_w_uint8", 1)):
+        codes = _only_in(state, suffix)
+        if codes is not None and scale is not None and zp is not None and scale.dim() == 2:
+            group_size = codes.shape[1] * per_byte // scale.shape[1]
+            return reference.dequantize_weight_grouped(codes, scale, zp, group_size)
+    return None
+
+
 class LayerRegion(fx.GraphModule):
     """A GraphModule standing in for one layer (class kept through deepcopy)."""
 
@@ -35,9 +48,13 @@ class LayerRegion(fx.GraphModule):
         # state_dict(), not the buffers: a packed region rebuilds its codes there.
         state = self.state_dict()
         codes, scale, zp = (_only_in(state, s) for s in ("_w_int8", "_w_scale", "_w_zp"))
-        if codes is None or scale is None or zp is None:
+        grouped = _grouped_weight(state)
+        if grouped is not None:
+            w = grouped
+        elif codes is None or scale is None or zp is None:
             raise AttributeError(f"{type(self).__name__} holds no single int8 weight")
-        w = numerics.dequantize(codes, scale, zp, axis=0)
+        else:
+            w = numerics.dequantize(codes, scale, zp, axis=0)
         shape = torch.Size(self.meta["fxquant"][_SHAPE_KEY])
         if w.shape != shape:
             w = w.t() if w.t().shape == shape else w.reshape(shape)

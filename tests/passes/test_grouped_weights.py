@@ -122,3 +122,17 @@ def test_fusion_refuses_group_wise_weights_with_quantized_activations():
     ctx = passes.PassContext(config=_config())
     passes.run_passes(gm, (passes.run_fuse_dequant_matmul,), ctx)
     assert any("group-wise weight with dynamic" in why for _, why in ctx.refusals["fuse"])
+
+
+def test_a_single_layer_region_still_answers_its_float_weight():
+    """Region-wise capture (Hugging Face models): a region that replaced one nn.Linear answers
+    ``.weight`` (model code reads it), dequantized from the packed codes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 64)
+    q = fxquant.quantize(model, (x,), config=_config().replace(capture="regions"))
+    region = q[0]
+    scale = q.state_dict()["0.fxq.weight_w_scale"]
+    assert region.weight.shape == model[0].weight.shape
+    step = groupwise.expand_groups(scale, 32)
+    assert bool(((region.weight - model[0].weight).abs() <= step / 2 * 1.0001).all())
