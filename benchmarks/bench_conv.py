@@ -225,7 +225,8 @@ def _layer_candidates(c: int, hw: int) -> tuple[dict[str, Callable[[], Any]], di
         return torch.ops.quantized.conv2d(qx, fb_packed, ys, yz).dequantize()
 
     q = conv_kernels.quantize(xcl, xs, xz, False)
-    packed = conv_kernels.packed_weight(codes, zp, ((1, 1), (1, 1), (1, 1), 1), xz)
+    packed = conv_kernels.packed_weight(codes, zp, ((1, 1), (1, 1), (1, 1), 1), xz, False,
+                                        tuple(xcl.shape))
     fns = {
         "fp32 (NCHW)": lambda: F.conv2d(x, w, b, 1, 1),
         "fp32 channels_last": lambda: F.conv2d(xcl, w, b, 1, 1),

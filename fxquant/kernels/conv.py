@@ -4,10 +4,10 @@ Why oneDNN (``torch.ops.onednn.qconv_pointwise``): it takes uint8 activation cod
 and per-channel weight scales, and writes float32 directly (bias and ReLU fused), so neither mode
 needs an output scale; fbgemm's ``quantized::conv2d`` must requantize its output to uint8 (a second
 rounding, and a range static mode would have to calibrate). Measured with 2 threads at batch 1 on
-ResNet-18's 3x3 layers, oneDNN including the activation quantization is 3.5-5.6x fp32 on this
-project's Sapphire Rapids machine (AMX) and 1.7-2.1x with oneDNN limited to AVX2
-(``ONEDNN_MAX_CPU_ISA=AVX2``), against 1.6-2.8x / 1.4-1.9x for fbgemm
-(docs/conv_kernels.md, ``benchmarks/bench_conv.py``).
+ResNet-18's 3x3 layers, this op (activation quantization included) is 4.7-6.1x fp32 on this
+project's Sapphire Rapids machine (AMX) and 1.6-2.2x with the kernels limited to AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2``, the AMD Zen 3 target's ISA), against 2.0-3.4x / 1.5-2.0x for
+fbgemm's static conv (docs/conv_kernels.md, ``benchmarks/bench_conv.py``).
 
 Saturation: without VNNI or AMX (AVX2, AVX-512 without VNNI: AMD Zen 3), oneDNN multiplies with
 ``vpmaddubsw``, which adds the u8 x s8 products of two *adjacent input channels at one kernel tap*
@@ -18,7 +18,8 @@ not pair-safe run the reference kernel on such CPUs (:func:`packed_weight` retur
 
 Activations are quantized with ``torch.quantize_per_tensor`` (one vectorised pass) and read as
 uint8 without a copy; the packed weight is a cache keyed on the int8 buffer's identity and version,
-as in :mod:`.fbgemm`, so an in-place change to the codes repacks.
+as in :mod:`.fbgemm`, so an in-place change to the codes repacks, and on the input shape (oneDNN's
+preferred layout depends on it; see ``_pack``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class _Packed:
     packed: torch.Tensor | None  # None: this kernel cannot take these weights
 
 
-_CACHE: dict[tuple[Any, ...], _Packed] = {}
+_CACHE: dict[tuple[Any, ...], _Packed] = {}  # insertion order = age
 _LOCK = threading.Lock()
+SHAPES_PER_WEIGHT = 4  # packed copies kept per int8 weight (input shapes x zero-point forms)
 
 
 @functools.cache
@@ -92,25 +94,31 @@ def unsupported_reason(codes: torch.Tensor, zero_point: torch.Tensor,
 
 
 def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool,
-          reduce_range: bool) -> torch.Tensor | None:
+          reduce_range: bool, x_shape: tuple[int, ...]) -> torch.Tensor | None:
     if unsupported_reason(codes, zero_point, reduce_range) is not None:
         return None
     stride, padding, dilation, groups = geometry
     ones = torch.ones(codes.shape[0], dtype=torch.float32)  # scales are applied per call
-    # The packed layout depends on whether the activation has a zero-point (oneDNN then keeps a
-    # compensation term with the weights); a mismatch would reorder the weight on every call.
+    # The layout oneDNN wants depends on the input's shape and on whether the activation has a
+    # zero-point (a compensation term is then kept with the weights); a packed weight that differs
+    # is reordered on *every* call. Packing for the real shape also keeps the query out of the
+    # primitive-descriptor cache of PyTorch's oneDNN wrapper under the shape-less key other packers
+    # (torch.ao's x86 backend) fill, which ignores zero-point attributes (measured: one reorder
+    # per call after a torch.ao model had been built in the same process).
     return torch.ops.onednn.qconv_prepack(
         codes.contiguous(), ones, 0.5, 1 if x_zero_point_nonzero else 0,
-        list(stride), list(padding), list(dilation), groups, None,
+        list(stride), list(padding), list(dilation), groups, list(x_shape),
     )
 
 
 def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int,
-                  reduce_range: bool = False) -> torch.Tensor | None:
-    """oneDNN's packed copy of ``codes`` for this geometry (cached), or None where the reference
-    kernel must run (see :func:`unsupported_reason`)."""
+                  reduce_range: bool = False,
+                  x_shape: tuple[int, ...] = ()) -> torch.Tensor | None:
+    """oneDNN's packed copy of ``codes`` for this geometry and input shape (cached, at most
+    ``SHAPES_PER_WEIGHT`` shapes per weight), or None where the reference kernel must run (see
+    :func:`unsupported_reason`)."""
     flag = x_zero_point != 0
-    key = (id(codes), id(zero_point), geometry, flag, reduce_range)
+    key = (id(codes), id(zero_point), geometry, flag, reduce_range, x_shape)
     hit = _CACHE.get(key)
     versions = (codes._version, zero_point._version)
     if (
@@ -121,10 +129,13 @@ def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int,
     ):
         return hit.packed
     entry = _Packed(weakref.ref(codes), weakref.ref(zero_point), versions,
-                    _pack(codes, zero_point, geometry, flag, reduce_range))
+                    _pack(codes, zero_point, geometry, flag, reduce_range, x_shape))
     with _LOCK:
-        for stale in [k for k, e in _CACHE.items() if e.codes() is None]:
+        for stale in [k for k, e in _CACHE.items() if e.codes() is None or k == key]:
             del _CACHE[stale]
+        same_weight = [k for k in _CACHE if k[0] == key[0]]
+        for oldest in same_weight[: max(0, len(same_weight) + 1 - SHAPES_PER_WEIGHT)]:
+            del _CACHE[oldest]
         _CACHE[key] = entry
     return entry.packed
 
@@ -171,7 +182,8 @@ def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes,
                 zero_point, bias, geometry: Geometry, relu: bool) -> torch.Tensor | None:
     """int8 conv with calibrated activation parameters, float32 output (channels-last), or None
     where the reference kernel must run."""
-    packed = packed_weight(codes, zero_point, geometry, x_zero_point, reduce_range)
+    packed = packed_weight(codes, zero_point, geometry, x_zero_point, reduce_range,
+                           tuple(x.shape))
     if packed is None:
         return None
     q = quantize(x, x_scale, x_zero_point, reduce_range)

@@ -216,6 +216,43 @@ def test_pair_safe_conv_weights_are_exact_on_avx2_kernels():
         assert out[exact]["raw_steps"] <= 1.0 and out[exact]["op_steps"] <= 1.0
 
 
+_REORDER_SCRIPT = r"""
+import sys, warnings, torch
+sys.path.insert(0, sys.argv[1])
+from fxquant import numerics, ops
+torch.set_num_threads(1)
+w = numerics.quantize_weight(torch.randn(64, 64, 3, 3), 8, True, True, pair_safe=True)
+x = torch.rand(1, 64, 20, 20).contiguous(memory_format=torch.channels_last)
+geometry = ([1, 1], [1, 1], [1, 1], 1)
+with warnings.catch_warnings():  # torch.ao's x86 backend packs the same conv first
+    warnings.simplefilter("ignore")
+    torch.backends.quantized.engine = "x86"
+    qweight = torch._make_per_channel_quantized_tensor(w.codes, w.scale.double(),
+                                                       w.zero_point.long(), 0)
+    packed = torch.ops.quantized.conv2d_prepack(qweight, None, *geometry)
+    torch.ops.quantized.conv2d(torch.quantize_per_tensor(x, 0.01, 0, torch.quint8), packed,
+                               0.05, 0)
+args = (x, 0.01, 0, False, w.codes, w.scale, w.zero_point, None, *geometry, False)
+ops.conv_static(*args)  # packs
+print("=== STEADY", flush=True)
+ops.conv_static(*args)
+ops.conv_static(*args)
+"""
+
+
+def test_packed_weights_need_no_reorder_per_call():
+    # PyTorch's oneDNN wrapper caches primitive descriptors under a key that ignores zero-point
+    # attributes; a weight packed under a key another packer filled came out in the wrong layout
+    # and was reordered on every call (measured: the ResNet 1.7x slower). Packing for the real
+    # input shape avoids it; oneDNN's verbose log shows what runs per call.
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    result = subprocess.run([sys.executable, "-c", _REORDER_SCRIPT, str(ROOT)], env=env,
+                            capture_output=True, text=True, timeout=300, check=True)
+    steady = result.stdout.split("=== STEADY", 1)[1].splitlines()
+    executed = [line.split(",")[5] for line in steady if ",exec,cpu," in line]
+    assert executed == ["convolution", "convolution"]
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 
