@@ -277,12 +277,14 @@ def main() -> None:
     uptime_before = _uptime()
     results: dict[str, Any] = {}
     for name in args.models:
+        before = _uptime()
         results[name] = run_model(name, args.reps, args.threads, args.genai)
+        results[name]["uptime"] = {"before": before, "after": _uptime()}
         base = results[name]["HF fp32 PyTorch"]["decode_tok_s"]
         rows = [(k, f"{v['decode_tok_s']:.1f}", f"{v['decode_tok_s'] / base:.2f}x",
                  f"{v['prefill_ms']:.0f}", f"{v['size_mb']:.0f}",
                  f"{v['top1_teacher_forced_fp32']:.2f}", f"{v['greedy_agreement_fp32']:.2f}")
-                for k, v in results[name].items()]
+                for k, v in results[name].items() if k != "uptime"]
         print(f"\n{name} (batch 1, {PROMPT}-token prompt, {NEW} greedy tokens, "
               f"{args.threads} threads)")
         print(tabulate(rows, headers=("candidate", "decode tok/s", "vs HF fp32",
