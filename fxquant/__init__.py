@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from . import ops
+from ._version import __version__
 from .api import calibrate, convert, prepare, quantize
 from .capture import capture
 from .config import QuantConfig
@@ -26,13 +27,12 @@ from .errors import (
 )
 from .inputs import ModelInputs
 from .mixed_precision import AccuracyTarget, MixedPrecisionResult, quantize_to_target
+from .onnx_export import export_onnx, onnx_info
 from .passes.pack_weights import portable_model as portable
 from .qat import prepare_qat
 from .record import QuantRecord, record_of
 from .report import ErrorReport, error_report
 from .serialize import load, save
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AccuracyTarget",
@@ -57,7 +57,9 @@ __all__ = [
     "capture",
     "convert",
     "error_report",
+    "export_onnx",
     "load",
+    "onnx_info",
     "ops",
     "portable",
     "prepare",
@@ -67,8 +69,3 @@ __all__ = [
     "record_of",
     "save",
 ]
-
-# ONNX export (fxquant.onnx_export); imported last: it reads __version__.
-from .onnx_export import export_onnx, onnx_info
-
-__all__ += ["export_onnx", "onnx_info"]

@@ -40,7 +40,8 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from . import __version__, utils
+from . import utils
+from ._version import __version__
 
 LABELS = {"original": "Original (FP32)", "fake_quant": "Fake Quant", "real_quant": "Real Int8"}
 COLUMNS = (

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._version import __version__
 from ..errors import FxQuantError
 
 DESCRIPTION = "fxquant: int8 quantization of PyTorch models (torch.fx), Hugging Face LLMs first."
@@ -26,8 +27,6 @@ In Python: fxquant.load("./gpt2-int8") gives the quantized model back (docs/save
 
 def _version() -> str:
     import torch
-
-    from .. import __version__
 
     return f"fxquant {__version__} (torch {torch.__version__})"
 

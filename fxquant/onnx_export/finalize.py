@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import onnx
 
+from .._version import __version__
 from ..errors import ExportError
 from .versions import ir_version_for
 from .write import too_large_for_one_file
@@ -77,15 +78,9 @@ def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = froze
     del model.graph.value_info[:]
     _tidy_output_dims(model, set(declared_axes))
     model.producer_name = "fxquant"
-    model.producer_version = _fxquant_version()
+    model.producer_version = __version__
     if not too_large_for_one_file(model):  # over 2 GB the checker reads the file (write.py)
         check(model)
-
-
-def _fxquant_version() -> str:
-    from .. import __version__  # late: fxquant/__init__ imports this package
-
-    return __version__
 
 
 def check(model: onnx.ModelProto) -> None:

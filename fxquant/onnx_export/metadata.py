@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 import torch
 
+from .._version import __version__
 from ..config import QuantConfig
 
 _ACTIVATIONS = {
@@ -45,8 +46,6 @@ def build_metadata(
     quantized_weights: int,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an export (``config`` None: a float model)."""
-    from .. import __version__  # late: fxquant/__init__ imports this package
-
     mode = config.mode if config is not None else "float"
     method, batches = _calibration(config, record)
     props = {

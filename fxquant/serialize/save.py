@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..errors import SaveLoadError
 from ..record import QuantRecord, record_of
 from .format import (
@@ -39,8 +40,6 @@ from .tensors import bytes_by_dtype, file_sha256, unique_tensors, write_tensors
 
 def versions() -> dict[str, str]:
     import safetensors
-
-    from .. import __version__
 
     out = {"fxquant": __version__, "torch": torch.__version__,
            "safetensors": safetensors.__version__, "python": platform.python_version()}
