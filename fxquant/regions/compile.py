@@ -29,6 +29,7 @@ from ..graph import kind_of, meta
 from ..inputs import ModelInputs, calibration_batches, check_signature
 from ..progress import progress_bar
 from ..record import LayerRecord, QuantRecord, RegionRecord, attach, record_of
+from .heap import return_freed_memory
 from .layer_region import as_layer_region
 from .plan import plan_regions
 from .shell import (
@@ -254,6 +255,7 @@ def pack_regions(shell: nn.Module, record: QuantRecord) -> None:
         gm = passes.run_passes(gm, passes.RUNTIME, ctx)
         set_submodule(shell, name, gm)
         record.layers += _layer_records(name, gm, record.config)
+        return_freed_memory()  # the codes this region packed from
 
 
 def convert_regions(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
