@@ -16,6 +16,8 @@
     fuse_conv_relu                 int8 conv -> ReLU  =>  the conv applies the ReLU
     cleanup                        dead code, unused float weights, sanity checks
     pack_weights                   runtime form: fbgemm called directly on weights packed once
+    drop_linear_reshapes           x.view(-1, K) -> packed linear -> view back  =>  the call alone
+    fuse_gelu_tanh                 GELU's tanh formula op by op  =>  one F.gelu(approximate='tanh')
 
 Quantization-aware training (``fxquant.prepare_qat``, then ``fxquant.convert``) runs PREPARE, then
     insert_fake_quant              observers -> fake quantizers (trainable simulation)
@@ -30,11 +32,13 @@ from .awq import run_awq
 from .calibrate import run_calibrate
 from .canonicalize import run_canonicalize
 from .cleanup import run_cleanup
+from .drop_linear_reshapes import run_drop_linear_reshapes
 from .drop_statistics import run_drop_statistics
 from .fold_batchnorm import run_fold_batchnorm
 from .freeze_fake_quant import run_freeze_fake_quant
 from .fuse_conv_relu import run_fuse_conv_relu
 from .fuse_dequant_matmul import run_fuse_dequant_matmul
+from .fuse_gelu_tanh import run_fuse_gelu_tanh
 from .gptq import run_gptq
 from .infra import Pass, PassContext, PassResult, run_passes
 from .insert_fake_quant import run_insert_fake_quant
@@ -55,8 +59,9 @@ CONVERT: tuple[Pass, ...] = (
     run_smooth_quant, run_awq, run_gptq, run_drop_statistics,
     run_lower_to_int8, run_fuse_dequant_matmul, run_fuse_conv_relu, run_cleanup
 )
-# After conversion: the runtime form (weights packed once for the fast kernel).
-RUNTIME: tuple[Pass, ...] = (run_pack_weights,)
+# After conversion: the runtime form (weights packed once for the fast kernel, and the Python
+# around the kernels trimmed: what a one-token decode step pays per node).
+RUNTIME: tuple[Pass, ...] = (run_pack_weights, run_drop_linear_reshapes, run_fuse_gelu_tanh)
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
 # Quantization-aware training: the model trains between QAT_PREPARE and QAT_FREEZE.
 QAT_PREPARE: tuple[Pass, ...] = (run_insert_fake_quant,)
