@@ -7,9 +7,13 @@
 Batch 1, a 16-token prompt, 64 new greedy tokens with the KV cache (``generate``, forced to run
 all 64 steps). Decode tokens/s = 64 / (t(65 new tokens) - t(1 new token)): the prefill cancels.
 Prefill tokens/s: one 128-token forward. Candidates, interleaved in every repetition:
-HF fp32, fxquant dynamic / static / weight_only, torch.ao ``quantize_dynamic`` (GPT-2's Conv1D
-converted to nn.Linear by hand first, as an expert would) and torchao's int8 configs when torchao
-is installed. Greedy agreement: share of the 64 tokens equal to fp32's.
+HF fp32, fxquant dynamic / static / weight_only (int8 per channel) / weight_only int4 (4-bit,
+group 128, round-to-nearest), torch.ao ``quantize_dynamic`` (GPT-2's Conv1D converted to nn.Linear
+by hand first, as an expert would) and torchao's int8 configs when torchao is installed; with
+``--compile``, also HF fp32 and fxquant dynamic (its portable twin) under ``torch.compile`` with a
+static KV cache. Greedy agreement: share of the 64 tokens equal to fp32's (on random weights logits
+are nearly flat, so this measures near-ties); logits cosine: the 128-token prefill's logits against
+fp32's, the accuracy figure. Size on disk: ``fxquant.save`` (``save_pretrained`` for fp32).
 
 Weights are random (no downloads); they are created in memory, so no memory-mapped file pages
 can be evicted during timing.
@@ -24,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,10 +79,9 @@ def candidates(model: torch.nn.Module, name: str) -> dict[str, torch.nn.Module]:
     calib = [{"input_ids": (i := torch.randint(0, model.config.vocab_size, (2, 32))),
               "attention_mask": torch.ones_like(i)} for _ in range(4)]
     out: dict[str, torch.nn.Module] = {"HF fp32": model}
-    for mode in ("dynamic", "static", "weight_only"):
-        out[f"fxquant {mode}"] = fxquant.quantize(
-            model, example, calibration=calib, config=fxquant.QuantConfig(mode=mode),
-            progress=False)
+    for label, config in FXQUANT_CONFIGS.items():
+        out[label] = fxquant.quantize(model, example, calibration=calib, config=config,
+                                      progress=False)
     ao_source = conv1d_to_linear(model) if name == "gpt2" else model
     import warnings
 
@@ -87,6 +91,39 @@ def candidates(model: torch.nn.Module, name: str) -> dict[str, torch.nn.Module]:
             ao_source, {torch.nn.Linear}, dtype=torch.qint8)
     out.update(torchao_candidates(ao_source))
     return out
+
+
+FXQUANT_CONFIGS = {
+    "fxquant dynamic": fxquant.QuantConfig(mode="dynamic"),
+    "fxquant static": fxquant.QuantConfig(mode="static"),
+    "fxquant weight_only": fxquant.QuantConfig(mode="weight_only"),
+    "fxquant weight_only int4 g128": fxquant.QuantConfig(
+        mode="weight_only", weight_bits=4, weight_granularity="per_group", group_size=128),
+}
+
+
+def compiled_candidates(models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """HF fp32 and fxquant dynamic's portable twin with ``forward`` under ``torch.compile``
+    (generate then uses a static KV cache: see ``_generate``)."""
+    out = {}
+    for label, model in (("HF fp32 compiled", copy.deepcopy(models["HF fp32"])),
+                         ("fxquant dynamic compiled",
+                          fxquant.portable(models["fxquant dynamic"]))):
+        model.forward = torch.compile(model.forward, dynamic=False)
+        model.bench_static_cache = True
+        out[label] = model
+    return out
+
+
+def size_on_disk_mb(name: str, model: torch.nn.Module) -> float | None:
+    if "torch" in name or "compiled" in name:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == "HF fp32":
+            model.save_pretrained(tmp)
+        else:
+            fxquant.save(model, tmp)
+        return sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors")) / 1e6
 
 
 def torchao_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -112,10 +149,11 @@ def torchao_candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def _generate(model: torch.nn.Module, ids: torch.Tensor, new: int) -> torch.Tensor:
+    static = getattr(model, "bench_static_cache", False)  # compiled: one shape for the cache
     with torch.no_grad():
         return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                               pad_token_id=0)
+                               pad_token_id=0, cache_implementation="static" if static else None)
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -140,6 +178,8 @@ def measure(models: dict[str, torch.nn.Module], vocab: int, reps: int) -> dict[s
             with torch.no_grad():
                 times[name]["prefill"].append(_time(lambda m=m: m(input_ids=long)))
     ref = tokens["HF fp32"]
+    with torch.no_grad():
+        logits = {name: m(input_ids=long).logits[0] for name, m in models.items()}
     out = {}
     for name, t in times.items():
         decode_s = statistics.median(t["full"]) - statistics.median(t["short"])
@@ -147,6 +187,9 @@ def measure(models: dict[str, torch.nn.Module], vocab: int, reps: int) -> dict[s
             "decode_tok_s": NEW / decode_s,
             "prefill_tok_s": PREFILL / statistics.median(t["prefill"]),
             "greedy_agreement": float((tokens[name] == ref).float().mean()),
+            "logits_cosine": float(torch.nn.functional.cosine_similarity(
+                logits[name], logits["HF fp32"], dim=-1).mean()),
+            "size_mb": size_on_disk_mb(name, models[name]),
         }
     base = out["HF fp32"]
     for row in out.values():
@@ -184,21 +227,28 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile candidates (static KV cache; minutes to compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     results: dict[str, Any] = {}
     for name in args.models:
         model = build(name)
         models = candidates(model, name)
+        if args.compile:
+            models.update(compiled_candidates(models))
         results[name] = measure(models, model.config.vocab_size, args.reps)
         rows = [(k, f"{v['decode_tok_s']:.1f}", f"{v['decode_vs_fp32']:.2f}x",
                  f"{v['prefill_tok_s']:.0f}", f"{v['prefill_vs_fp32']:.2f}x",
-                 f"{v['greedy_agreement']:.2f}") for k, v in results[name].items()]
+                 f"{v['greedy_agreement']:.2f}", f"{v['logits_cosine']:.5f}",
+                 "" if v["size_mb"] is None else f"{v['size_mb']:.0f}")
+                for k, v in results[name].items()]
         print(f"\n{name} (batch 1, {PROMPT}-token prompt, {NEW} greedy tokens, "
               f"{args.threads} threads)")
         print(tabulate(rows, headers=("candidate", "decode tok/s", "vs fp32", "prefill tok/s",
-                                      "vs fp32", "greedy = fp32")))
+                                      "vs fp32", "greedy = fp32", "logits cos", "disk MB")))
         del models, model
     if args.memory:
         results["quantize"] = {s: quantize_memory(s) for s in ("small", "medium", "large")}
@@ -206,6 +256,8 @@ def main() -> None:
                          f"{v['extra_peak_x_fp32']:.2f}x") for s, v in results["quantize"].items()],
                        headers=("GPT-2", "fp32 MB", "quantize s", "extra peak RSS / fp32")))
     payload = {"results": results, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+               "uptime_before": uptime_before,
+               "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
                "cpu": _cpu()}
     print("wrote", write_json("bench_generate", payload))
 
