@@ -30,12 +30,14 @@ def _const_op(node: object, targets: tuple, const: float) -> fx.Node | None:
     if not (isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
             and len(node.args) == 2 and len(node.users) == 1):
         return None
-    a, b = node.args
-    if isinstance(a, float | int) and math.isclose(a, const, rel_tol=1e-6) and isinstance(b, fx.Node):
-        return b
-    if isinstance(b, float | int) and math.isclose(b, const, rel_tol=1e-6) and isinstance(a, fx.Node):
-        return a
+    for value, other in (node.args, node.args[::-1]):
+        if _is_number(value, const) and isinstance(other, fx.Node):
+            return other
     return None
+
+
+def _is_number(value: object, const: float) -> bool:
+    return isinstance(value, float | int) and math.isclose(value, const, rel_tol=1e-6)
 
 
 def _binary(node: object, targets: tuple) -> tuple[fx.Node, fx.Node] | None:
