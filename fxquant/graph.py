@@ -84,7 +84,7 @@ def add_module(gm: fx.GraphModule, source: str, role: str, module: nn.Module) ->
     return f"{CONTAINER}.{name}"
 
 
-def fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

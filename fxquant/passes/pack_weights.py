@@ -87,7 +87,7 @@ def check(gm: fx.GraphModule, node: fx.Node) -> str | None:
     if any(_attr(w) is None for w in weights[:3]) or (
             weights[3] is not None and _attr(weights[3]) is None):
         return "weight or bias is computed in the graph, not a buffer"
-    codes = fetch_attr(gm, _attr(weights[0]))
+    codes = fetch_attr(gm, str(_attr(weights[0])))
     if codes.dtype != torch.int8 or codes.dim() != 2 or codes.device.type != "cpu":
         return "the weight is not a 2-D int8 CPU tensor"
     return None
@@ -137,9 +137,11 @@ def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
     def tensor(target: str | None) -> torch.Tensor | None:
         return None if target is None else given.get(target, fetch_attr(gm, target))
 
+    layer: tuple[torch.Tensor | None, ...]
     if entry.op == "embedding":
-        zp = tensor(entry.zero_point)
-        layer = (tensor(entry.codes), tensor(entry.scale).unsqueeze(1),
+        zp, scale = tensor(entry.zero_point), tensor(entry.scale)
+        assert scale is not None
+        layer = (tensor(entry.codes), scale.unsqueeze(1),
                  zp.unsqueeze(1) if zp is not None and zp.any() else None)
     else:
         layer = (tensor(entry.codes), tensor(entry.scale), tensor(entry.bias))
@@ -258,13 +260,13 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
             continue
         codes = state_dict[key] if entry.kept_codes else state_dict.pop(key)
 
-        def given(target: str | None) -> torch.Tensor | None:
-            if target is None:
-                return None
-            return state_dict.get(prefix + target, fetch_attr(module, target))
+        def given(target: str) -> torch.Tensor:
+            found = state_dict.get(prefix + target)
+            return fetch_attr(module, target) if found is None else found
 
-        scale, zp, bias = given(entry.scale), given(entry.zero_point), given(entry.bias)
-        object.__setattr__(module, name, fbgemm.pack(codes.contiguous(), scale, zp, bias))
+        bias = None if entry.bias is None else given(entry.bias)
+        object.__setattr__(module, name, fbgemm.pack(
+            codes.contiguous(), given(entry.scale), given(entry.zero_point), bias))
 
 
 def is_packed(gm: torch.nn.Module) -> bool:

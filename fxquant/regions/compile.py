@@ -68,7 +68,7 @@ def _weight_kinds(regions: list[tuple[str, fx.GraphModule]]) -> dict[int, set[st
                 continue
             weight = node.args[1]
             if isinstance(weight, fx.Node) and weight.op == "get_attr" and _is_param(gm, weight):
-                kinds.setdefault(id(gm.get_parameter(weight.target)), set()).add(kind)
+                kinds.setdefault(id(gm.get_parameter(str(weight.target))), set()).add(kind)
     return kinds
 
 
@@ -137,13 +137,15 @@ def observe_regions(
         gm.meta.setdefault("fxquant", {}).update(region=name, stage="prepared")
         layer = shell.get_submodule(name)
         if own_matrices(layer) == ["weight"] and not any(True for _ in layer.children()):
-            gm.meta["fxquant"]["layer_weight_shape"] = tuple(layer.weight.shape)
+            weight = layer.weight
+            assert isinstance(weight, torch.Tensor)
+            gm.meta["fxquant"]["layer_weight_shape"] = tuple(weight.shape)
         set_submodule(shell, name, gm)
 
 
 def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
     try:
-        gm.get_parameter(node.target)
+        gm.get_parameter(str(node.target))
     except AttributeError:
         return False
     return True
@@ -152,13 +154,18 @@ def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
 def region_modules(shell: nn.Module) -> list[tuple[str, fx.GraphModule]]:
     record = record_of(shell)
     assert record is not None
-    return [(r.name, shell.get_submodule(r.name)) for r in record.regions]
+    out = []
+    for region in record.regions:
+        gm = shell.get_submodule(region.name)
+        assert isinstance(gm, fx.GraphModule), f"region {region.name} is not compiled"
+        out.append((region.name, gm))
+    return out
 
 
 def calibrate_regions(shell: nn.Module, batches: Iterable[Any], *, progress: bool | None) -> int:
     """Run calibration batches through the observed shell; returns how many ran."""
     record = record_of(shell)
-    assert record is not None
+    assert record is not None and record.example is not None
     start = time.perf_counter()
     count = 0
     with torch.no_grad():
@@ -207,7 +214,8 @@ def _tie_tables(shell: nn.Module) -> list[tuple[str, ...]]:
     for members in groups.values():
         first_module, first_name, first_path = members[0]
         first = first_module._buffers[first_name]
-        same = [m for m in members[1:] if torch.equal(m[0]._buffers[m[1]], first)]
+        assert first is not None
+        same = [m for m in members[1:] if _equal(m[0]._buffers[m[1]], first)]
         for module, buf_name, _ in same:
             module._buffers[buf_name] = first
         if same:
@@ -240,11 +248,15 @@ def convert_region(
     record.layers += _layer_records(name, gm, record.config)
 
 
+def _equal(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    return a is not None and torch.equal(a, b)
+
+
 def pack_regions(shell: nn.Module, record: QuantRecord) -> None:
     """The runtime form of every region (weights packed once, see ``passes.pack_weights``); the
     record's layers then say which kernel each runs."""
     seen: set[int] = set()
-    tied = set()
+    tied: set[int] = set()
     for m in shell.modules():
         for t in m._buffers.values():
             if t is not None:
