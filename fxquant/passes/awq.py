@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from ..algorithms.awq import awq_search
 from ..graph import fetch_attr, meta
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 from .input_scaling import (
     apply_input_scale,
     refusal_reason,
@@ -60,3 +60,7 @@ def run_awq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             meta(lin)["awq"] = record
         modified = True
     return PassResult(gm, modified)
+
+
+# As for SmoothQuant, the unchanged float function is a numerical test, not a contract check.
+AWQ = Pass(PASS, run_awq)

@@ -100,4 +100,4 @@ def test_surviving_observer_is_an_error():
     ctx = passes.PassContext(config=config, example_inputs=_ids())
     gm = passes.run_passes(gm, passes.PREPARE, ctx)  # observers inserted, never lowered
     with pytest.raises(fxquant.PassError, match=r"observer fxq\.\w+_w_obs survived lowering"):
-        passes.run_passes(gm, (passes.run_cleanup,), ctx)
+        passes.run_passes(gm, (passes.CLEANUP,), ctx)
