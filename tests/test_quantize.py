@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
+from tests.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 from fxquant import QuantConfig, ops
 from fxquant.kernels import fbgemm
 from fxquant.passes.pack_weights import linear_weight_only_packed
