@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, make_inputs
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, passes
 from fxquant.graph import ROLES
 from fxquant.observers import Observer, WeightObserver
