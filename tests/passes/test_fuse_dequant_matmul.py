@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, make_inputs
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, ops, passes
 from fxquant.graph import fetch_attr
 
