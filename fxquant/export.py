@@ -29,9 +29,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import api, utils
+from . import api
 from .capture import as_input_tuple
 from .errors import ExportError
+from .measure import eval_mode
 from .onnx_export import ExportResult, export_onnx, onnx_info
 from .onnx_export.reference import export_reference, float_activation_reference
 from .onnx_export.validate import run_validation, session
@@ -186,7 +187,7 @@ class ONNXExporter:
         checks: list[Any] = []
         vs_model = 0.0
         runtime = session(data)
-        with utils.eval_mode(model, twin, floats):
+        with eval_mode(model, twin, floats):
             for batch in (inputs, half):
                 try:
                     report = run_validation(data, twin, floats, batch, names_in, names_out, mode)
