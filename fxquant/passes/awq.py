@@ -47,6 +47,7 @@ def run_awq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             ctx.refuse(PASS, stats_node, reason)
             continue
         weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
+        record: dict[str, object]
         if getattr(ctx, "replay", False):
             scale, record = torch.ones(weights[0].shape[1], device=weights[0].device), {}
         else:

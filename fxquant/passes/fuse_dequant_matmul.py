@@ -28,7 +28,7 @@ import torch.fx as fx
 from .. import ops
 from ..errors import PassError
 from ..graph import fetch_attr, kind_of, meta
-from .conv_args import BIAS, ConvGeometry, conv_arg, conv_geometry
+from .conv_args import BIAS, ConvGeometry, conv_geometry
 from .infra import Pass, PassContext, PassResult
 from .nodes import node_arg, record, target_of
 
@@ -165,7 +165,7 @@ def rewrite_conv(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     codes, scale, zp = _accepted_weight(node)
     g = cast(ConvGeometry, _conv_geometry(node))  # check_conv has accepted the node
     geometry = (g.stride, g.padding, g.dilation, g.groups, False)
-    bias = conv_arg(node, BIAS)
+    bias = node.args[BIAS] if len(node.args) > BIAS else None
     form, act = _activation_form(node.args[0])
     target: Any
     args: tuple
