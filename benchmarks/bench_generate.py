@@ -232,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime_before = _uptime()
     results: dict[str, Any] = {}
     for name in args.models:
         model = build(name)
@@ -257,9 +257,13 @@ def main() -> None:
                        headers=("GPT-2", "fp32 MB", "quantize s", "extra peak RSS / fp32")))
     payload = {"results": results, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                "uptime_before": uptime_before,
-               "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+               "uptime_after": _uptime(),
                "cpu": _cpu()}
     print("wrote", write_json("bench_generate", payload))
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def _cpu() -> str:

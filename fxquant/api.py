@@ -27,7 +27,7 @@ from .config import QuantConfig
 from .errors import CalibrationError, CaptureError, FxQuantError
 from .graph import kind_of, meta
 from .inputs import ModelInputs, as_model_inputs
-from .record import QuantRecord, attach, record_of
+from .record import QuantRecord, attach, record_of, stage_of
 from .regions.compile import (
     calibrate_regions,
     convert_regions,
@@ -56,10 +56,10 @@ def _context(gm: fx.GraphModule, **overrides: Any) -> passes.PassContext:
     return ctx
 
 
-def _stage(gm: nn.Module, expected: str, step: str) -> fx.GraphModule:
-    stage = getattr(gm, "meta", {}).get("fxquant", {}).get("stage") if isinstance(
-        gm, fx.GraphModule) else None
-    if stage != expected:
+def _expect_stage(gm: nn.Module, expected: str, step: str) -> fx.GraphModule:
+    """``gm``, a GraphModule at stage ``expected``; else the error that says what ``step`` needs."""
+    stage = stage_of(gm)
+    if stage != expected or not isinstance(gm, fx.GraphModule):
         raise FxQuantError(
             f"fxquant.{step} expects a model returned by fxquant.prepare; got "
             f"{type(gm).__name__} (stage: {stage or 'not an fxquant model'})."
@@ -165,7 +165,7 @@ def calibrate(
     if _is_region_model(observed, "prepared", "calibrate"):
         calibrate_regions(observed, batches, progress=progress)
         return observed
-    gm = _stage(observed, "prepared", "calibrate")
+    gm = _expect_stage(observed, "prepared", "calibrate")
     ctx = _context(gm, calibration=batches, progress=bool(progress))
     return passes.run_passes(gm, passes.CALIBRATE, ctx)
 
@@ -192,7 +192,7 @@ def convert(observed: nn.Module, *, progress: bool | None = None) -> nn.Module:
         return convert_qat(observed, progress=progress)
     if _is_region_model(observed, "prepared", "convert"):
         return convert_regions(observed, progress=progress)
-    source = _stage(observed, "prepared", "convert")
+    source = _expect_stage(observed, "prepared", "convert")
     user_storages = storages(source)
     gm = share_copy(source)
     ctx = _context(gm)

@@ -157,7 +157,7 @@ def _widened(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _export(model: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> fx.GraphModule:
-    dynamic = _dynamic_shapes(inputs)
+    dynamic: tuple[Any, ...] | dict[str, Any] = _dynamic_shapes(inputs)
     if kwargs:
         dynamic = {**dict(zip(_arg_names(model, len(inputs)), dynamic, strict=True)),
                    **dict(zip(kwargs, _dynamic_shapes(tuple(kwargs.values())), strict=True))}

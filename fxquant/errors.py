@@ -43,6 +43,10 @@ class ExportError(FxQuantError):
     """An ONNX export could not be written or validated."""
 
 
+class OpsetError(ExportError, ValueError):
+    """The requested opset cannot express the quantization scheme (or the exporter lacks it)."""
+
+
 class SaveLoadError(FxQuantError):
     """A quantized model could not be saved or loaded: a model fxquant cannot replay, or a float
     skeleton that does not match the saved model."""

@@ -22,27 +22,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
-import onnx
 import torch
-import torch.fx as fx
 from torch import nn
 
-from . import api, utils
+from . import api
 from .capture import as_input_tuple
 from .errors import ExportError
-from .onnx_export import ExportResult, export_onnx, onnx_info
-from .onnx_export.reference import export_reference, float_activation_reference
-from .onnx_export.validate import run_validation, session
-from .passes.pack_weights import portable_model
+from .measure import eval_mode
+from .onnx_export import ExportResult, export_onnx, onnx_info, ort_session, validate_onnx
 from .real_quant import quant_config_of, to_float_model
-
-
-def _converted(model: nn.Module) -> TypeGuard[fx.GraphModule]:
-    return isinstance(model, fx.GraphModule) and (
-        model.meta.get("fxquant", {}).get("stage") == "converted"
-    )
 
 
 def _max_diff(runtime: Any, model: nn.Module, inputs: tuple[Any, ...], names: list[str]) -> float:
@@ -113,30 +103,26 @@ class ONNXExporter:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.exported_model = self.exportable_model(inputs)
-        result = export_onnx(
+        metadata = {"model_name": self.model_name}
+        if add_quantization_info:
+            metadata["fxquant.exporter"] = "ONNXExporter"
+        self.result = export_onnx(
             self.exported_model,
             target,
             inputs,
             opset=self.opset,
             dynamic_batch=dynamic_batch,
             validate=validate,
+            metadata=metadata,
+            quantization_info=add_quantization_info,
         )
-        self._set_metadata(target, add_quantization_info)
-        self.result = result
-        return result
+        return self.result
 
-    def _set_metadata(self, path: Path, add_quantization_info: bool) -> None:
-        proto = onnx.load(str(path))
-        props = {p.key: p.value for p in proto.metadata_props}
-        if add_quantization_info:
-            props.update({"model_name": self.model_name, "fxquant.exporter": "ONNXExporter"})
-        else:
-            props = {"model_name": self.model_name}
-            del proto.graph.quantization_annotation[:]
-        del proto.metadata_props[:]
-        onnx.helper.set_model_props(proto, props)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
+    def _exported(self, path: str | os.PathLike[str]) -> ExportResult | None:
+        """What :meth:`export` returned, if it wrote the file at ``path``."""
+        if self.result is not None and Path(path).resolve() == self.result.path.resolve():
+            return self.result
+        return None
 
     def validate_export(
         self,
@@ -149,11 +135,13 @@ class ONNXExporter:
         default the file's input shape with batch 1) and on half that batch (dynamic batch),
         and compare with the PyTorch model.
 
-        The check is fxquant's own (``fxquant.onnx_export.validate``): the file must match the
-        function it encodes -- the exported model with 8-bit activation codes, run with the
-        reference kernels -- within that module's bounds for the mode.
-        ``max_abs_diff_vs_model`` is the difference from the PyTorch model as it runs (7-bit
-        activation codes), for information.
+        The check is fxquant's own (``fxquant.onnx_export.validate_onnx``): the file must match
+        the function it encodes -- the exported model with 8-bit activation codes, run with the
+        reference kernels -- within the bounds for the mode. A file :meth:`export` just wrote is
+        not read back: its names and mode come from the export's result.
+        ``max_abs_diff_vs_model`` is the difference from the PyTorch model as it runs (with
+        ``reduce_range``, as the seed layers' 8-bit weights use, 7-bit activation codes), for
+        information.
 
         Returns ``passed``, ``mode``, ``max_abs_diff`` (file vs the encoded function),
         ``max_abs_diff_vs_model``, ``max_abs_output``, ``input_shape``, ``output_shape``,
@@ -168,14 +156,10 @@ class ONNXExporter:
             if self.exported_model is not None
             else self.exportable_model(inputs)
         )
-        twin = export_reference(portable_model(model)) if _converted(model) else model
-        floats = float_activation_reference(twin) if _converted(model) else model
-        data = Path(path).read_bytes()
-        graph = onnx.load_model_from_string(data).graph
-        initializers = {t.name for t in graph.initializer}
-        names_in = [i.name for i in graph.input if i.name not in initializers]
-        names_out = [o.name for o in graph.output]
-        mode = onnx_info(path)["metadata"].get("fxquant.mode", "float")
+        exported = self._exported(path)
+        file = onnx_info(path) if exported is None else None
+        mode = exported.mode if exported else file["metadata"].get("fxquant.mode", "float")
+        names_in = list(exported.input_names) if exported else [i["name"] for i in file["inputs"]]
         half = tuple(t[: max(1, len(t) // 2)] for t in inputs)
         result: dict[str, Any] = {
             "passed": True,
@@ -183,25 +167,21 @@ class ONNXExporter:
             "input_shape": tuple(inputs[0].shape),
             "batch_sizes": sorted({len(inputs[0]), len(half[0])}),
         }
-        checks: list[Any] = []
-        vs_model = 0.0
-        runtime = session(data)
-        with utils.eval_mode(model, twin, floats):
-            for batch in (inputs, half):
-                try:
-                    report = run_validation(data, twin, floats, batch, names_in, names_out, mode)
-                except ExportError as exc:
-                    return {**result, "passed": False, "error": str(exc)}
-                checks.extend(report.outputs)
-                vs_model = max(vs_model, _max_diff(runtime, model, batch, names_in))
+        with eval_mode(model):
+            try:
+                report = validate_onnx(path, model, inputs, more_inputs=[half], exported=exported)
+            except ExportError as exc:
+                return {**result, "passed": False, "error": str(exc)}
+            runtime = ort_session(path)
+            vs_model = max(_max_diff(runtime, model, batch, names_in) for batch in (inputs, half))
             with torch.no_grad():
                 output = model(*inputs)
         result.update(
             output_shape=tuple(output.shape),
             max_abs_output=float(output.abs().max()),
-            max_abs_diff=max(c.max_abs_diff for c in checks),
+            max_abs_diff=max(c.max_abs_diff for c in report.outputs),
             max_abs_diff_vs_model=vs_model,
-            checks=[dataclasses.asdict(c) for c in checks],
+            checks=[dataclasses.asdict(c) for c in report.outputs],
         )
         return result
 

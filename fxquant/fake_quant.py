@@ -32,7 +32,8 @@ from torch import nn
 
 from .errors import ConfigError
 from .fake_quantizers import fake_quantize_dynamic, fake_quantize_weight
-from .utils import kernel_safe_reduce_range, straight_through
+from .reduce_range import kernel_safe_reduce_range
+from .straight_through import straight_through
 
 
 def transformers_conv1d() -> type | None:

@@ -30,7 +30,7 @@ from . import numerics
 from .errors import ConfigError, NonFiniteError
 from .kernels import reference
 from .observers import MovingAverageMinMaxObserver, Observer, WeightObserver
-from .utils import straight_through
+from .straight_through import straight_through
 
 ActivationKind = Literal["dynamic", "dynamic_per_token", "static"]
 

@@ -27,7 +27,6 @@ ROLES = ("w_int8", "w_scale", "w_zp", "bias", "act_obs", "w_obs",
 LINEAR_FNS = (F.linear,)
 CONV_FNS = (F.conv1d, F.conv2d)
 EMBEDDING_FNS = (F.embedding,)
-QUANTIZABLE_FNS = LINEAR_FNS + CONV_FNS + EMBEDDING_FNS
 
 
 def kind_of(node: fx.Node) -> str | None:

@@ -102,6 +102,8 @@ class PercentileObserver(Observer):
     beyond one bin width.
     """
 
+    histogram: torch.Tensor  # a buffer (not saved): counts over [-edge, edge]
+
     def __init__(self, target: str, percentile: float, bins: int = 2048) -> None:
         super().__init__(target)
         self.percentile = percentile

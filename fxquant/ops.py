@@ -147,7 +147,7 @@ def _linear_weight_only(x, codes, scale, zero_point, bias):
         return weight_only.linear_int8(x, codes, scale, bias)
     if _fast(x, codes):
         return fbgemm.linear_weight_only(x, codes, scale, zero_point, bias)
-    return reference.linear_int8_weight(x, codes, scale, zero_point, bias)
+    return reference.linear_weight_only(x, codes, scale, zero_point, bias)
 
 
 _define(

@@ -25,11 +25,13 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from . import api, utils
+from . import api, measure, metrics
+from .batches import batch_inputs, batch_size_of
 from .capture import as_input_tuple
 from .config import QuantConfig
 from .errors import CalibrationError
 from .real_quant import quant_config_of, to_float_model
+from .reduce_range import kernel_safe_reduce_range
 
 
 class PTQPipeline:
@@ -59,7 +61,7 @@ class PTQPipeline:
             # The weight scheme of the model's int8 layers, if it has some (so their codes stay
             # the same), and 7-bit activations for 8-bit weights (exact on every x86 CPU).
             config = (quant_config_of(model) or QuantConfig()).replace(
-                reduce_range=utils.kernel_safe_reduce_range(bits, "static")
+                reduce_range=kernel_safe_reduce_range(bits, "static")
             )
         self.config = config.replace(weight_bits=bits)
         self.float_model = to_float_model(model).eval()
@@ -80,12 +82,12 @@ class PTQPipeline:
         first = next(batches, None)
         if first is None:
             raise CalibrationError("PTQPipeline.calibrate got no batches: the loader is empty.")
-        inputs = utils.batch_inputs(first)
+        inputs = batch_inputs(first)
         if self._observed is None:
             config = self.config.replace(mode="static")
             self._observed = api.prepare(self.float_model, inputs, config)
         api.calibrate(
-            self._observed, (utils.batch_inputs(b) for b in itertools.chain([first], batches))
+            self._observed, (batch_inputs(b) for b in itertools.chain([first], batches))
         )
         self.calibration_batches += self._observed.meta["fxquant"]["calibration_batches"]
         self.example_inputs = self.example_inputs if self.example_inputs is not None else inputs
@@ -118,8 +120,8 @@ class PTQPipeline:
         """``(original_bytes, quantized_bytes)``: bytes of the tensors in each ``state_dict``.
         The original is the float model (for a converted input, its float equivalent)."""
         return (
-            utils.model_size_bytes(self.float_model),
-            utils.model_size_bytes(self.convert_to_real_quant()),
+            measure.model_size_bytes(self.float_model),
+            measure.model_size_bytes(self.convert_to_real_quant()),
         )
 
     def benchmark_inference(
@@ -133,24 +135,24 @@ class PTQPipeline:
         quantized model on ``inputs`` -- a batch, ``(inputs, labels)`` or a tensor -- (default:
         the first calibration batch, or ``example_inputs``)."""
         if inputs is not None:
-            inputs = utils.batch_inputs(inputs)
+            inputs = batch_inputs(inputs)
         elif self.example_inputs is not None:
             inputs = self.example_inputs
         else:
             raise CalibrationError("benchmark_inference needs inputs: pass a batch.")
         models = {"original": self.float_model, "quantized": self.convert_to_real_quant()}
         runs_per_round = max(1, num_runs // 20)
-        samples = utils.time_models(
+        samples = measure.time_models(
             models,
             inputs,
             warmup=warmup,
             rounds=max(1, num_runs // runs_per_round),
             runs_per_round=runs_per_round,
         )
-        batch = utils.batch_size_of(inputs)
+        batch = batch_size_of(inputs)
         result: dict[str, float] = {"batch_size": batch}
         for name, times in samples.items():
-            summary = utils.latency_summary(times, batch)
+            summary = measure.latency_summary(times, batch)
             result[f"{name}_latency_ms"] = summary["latency_ms"]
             result[f"{name}_throughput"] = summary["throughput_samples_per_s"]
         result["speedup"] = result["original_latency_ms"] / result["quantized_latency_ms"]
@@ -161,15 +163,15 @@ class PTQPipeline:
         loader: Iterable[Any],
         *,
         num_batches: int | None = None,
-        metric: str | utils.Metric = "accuracy",
+        metric: str | metrics.Metric = "accuracy",
     ) -> dict[str, float]:
         """Top-1 accuracy (or ``metric(outputs, labels)``) of the original and the quantized
         model on a loader of ``(inputs, labels)``, and the output MSE between them."""
         models = {"original": self.float_model, "quantized": self.convert_to_real_quant()}
-        scores = utils.evaluate(
+        scores = metrics.evaluate(
             models,
             loader,
-            metric=utils.resolve_metric(metric),
+            metric=metrics.resolve_metric(metric),
             pairs=[("quantized", "original")],
             num_batches=num_batches,
         )

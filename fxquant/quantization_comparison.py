@@ -7,7 +7,7 @@
     comparison.print_comparison()
     comparison.save_comparison_report("results.json")
 
-Per model it records (see :mod:`fxquant.utils` for how each is measured):
+Per model it records (how each is measured: :mod:`fxquant.measure`, :mod:`fxquant.metrics`):
 
 ==========================  ====================================================================
 ``size_mb``                 tensors in ``state_dict()``, MB = 2**20 bytes (``size_bytes`` exact)
@@ -40,8 +40,9 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from . import utils
+from . import measure, metrics
 from ._version import __version__
+from .batches import batch_inputs, batch_size_of, first_batch
 
 LABELS = {"original": "Original (FP32)", "fake_quant": "Fake Quant", "real_quant": "Real Int8"}
 COLUMNS = (
@@ -82,7 +83,7 @@ class QuantizationComparison:
         loader: Iterable[Any],
         device: str | torch.device = "cpu",
         *,
-        metric: str | utils.Metric | None = None,
+        metric: str | metrics.Metric | None = None,
         timing_rounds: int = 20,
         runs_per_round: int = 5,
         measure_memory: bool = True,
@@ -98,31 +99,31 @@ class QuantizationComparison:
         on_device = {k: self._on(m, device) for k, m in self.models.items()}
         inputs = tuple(
             a.to(device) if isinstance(a, torch.Tensor) else a
-            for a in utils.batch_inputs(utils.first_batch(loader))
+            for a in batch_inputs(first_batch(loader))
         )
-        batch = utils.batch_size_of(inputs)
-        with utils.eval_mode(*on_device.values()):
-            times = utils.time_models(
+        batch = batch_size_of(inputs)
+        with measure.eval_mode(*on_device.values()):
+            times = measure.time_models(
                 on_device, inputs, rounds=timing_rounds, runs_per_round=runs_per_round
             )
             memory = {
-                k: utils.peak_memory_mb(m, inputs) if measure_memory else None
+                k: measure.peak_memory_mb(m, inputs) if measure_memory else None
                 for k, m in on_device.items()
             }
             pairs = [(k, "original") for k in on_device]
             if {"fake_quant", "real_quant"} <= set(on_device):
                 pairs.append(("real_quant", "fake_quant"))  # how closely int8 runs the simulation
-            scores = utils.evaluate(
-                on_device, loader, metric=utils.resolve_metric(metric), pairs=pairs, device=device
+            scores = metrics.evaluate(
+                on_device, loader, metric=metrics.resolve_metric(metric), pairs=pairs, device=device
             )
         rows = {}
         for key, model in self.models.items():
-            size = utils.model_size_bytes(model)
+            size = measure.model_size_bytes(model)
             rows[key] = {
                 "label": self.labels[key],
                 "size_bytes": size,
-                "size_mb": size / utils.MB,
-                **utils.latency_summary(times[key], batch),
+                "size_mb": size / measure.MB,
+                **measure.latency_summary(times[key], batch),
                 "peak_memory_mb": memory[key],
                 "accuracy": scores.metric.get(key),
                 "mse_vs_original": scores.mse[(key, "original")],

@@ -51,7 +51,7 @@ from .fake_quant import (
     transformers_conv1d,
 )
 from .real_quant_layers import RealQuantizeConv, RealQuantizeEmbedding
-from .utils import kernel_safe_reduce_range
+from .reduce_range import kernel_safe_reduce_range
 
 LinearMode = Literal["dynamic", "weight_only"]
 _LINEAR_MODES = ("dynamic", "weight_only")

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import numerics, ops
 from .errors import ConfigError
-from .utils import kernel_safe_reduce_range
+from .reduce_range import kernel_safe_reduce_range
 
 ConvMode = Literal["dynamic", "weight_only"]
 

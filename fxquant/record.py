@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch.fx as fx
 from tabulate import tabulate
 from torch import nn
 
@@ -22,7 +23,7 @@ from .config import QuantConfig
 from .inputs import ModelInputs
 
 RECORD_ATTR = "fxquant_record"
-Stage = str  # "prepared" | "calibrated" | "converted"
+Stage = str  # "captured" | "prepared" | "calibrated" | "converted" | the QAT stage
 
 
 @dataclass
@@ -137,6 +138,18 @@ def record_of(model: nn.Module) -> QuantRecord | None:
     """The record of a model fxquant prepared or converted, else None."""
     record = getattr(model, RECORD_ATTR, None)
     return record if isinstance(record, QuantRecord) else None
+
+
+def stage_of(model: nn.Module) -> Stage | None:
+    """How far fxquant took ``model`` ("captured", "prepared", "calibrated", "converted", or a QAT
+    stage), None for a module fxquant did not touch.
+
+    A GraphModule (a model captured whole, or one region) says it in ``meta["fxquant"]``, which the
+    passes keep up to date; a model quantized region by region in its :class:`QuantRecord`."""
+    if isinstance(model, fx.GraphModule):
+        return model.meta.get("fxquant", {}).get("stage")
+    record = record_of(model)
+    return record.stage if record is not None else None
 
 
 def attach(model: nn.Module, record: QuantRecord) -> None:

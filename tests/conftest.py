@@ -1,4 +1,5 @@
-"""Shared test setup: deterministic seeds, a fixed thread count, and ``benchmarks`` importable.
+"""Shared test setup: deterministic seeds, a fixed thread count, pass contracts checked between
+passes (``FXQUANT_VERIFY``, see ``fxquant/passes/infra.py``), and ``benchmarks`` importable.
 
 Markers are registered in pyproject.toml; nothing else is registered here.
 """
@@ -16,6 +17,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 torch.set_num_threads(2)
+os.environ.setdefault("FXQUANT_VERIFY", "1")
 
 
 @pytest.fixture(autouse=True)

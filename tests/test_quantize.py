@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
+from tests.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 from fxquant import QuantConfig, ops
 from fxquant.kernels import fbgemm
 from fxquant.passes.pack_weights import linear_weight_only_packed
@@ -99,7 +99,7 @@ def test_conv_net_quantizes_with_int8_convs(mode):
 
     qmodel = fxquant.quantize(model, batch(0), calibration=[batch(s) for s in range(1, 4)],
                               config=QuantConfig(mode=mode))
-    reasons = [r for _, r in qmodel.meta["fxquant"]["refusals"].get("fuse", [])]
+    reasons = [r for _, r in qmodel.meta["fxquant"]["refusals"].get("fuse_dequant_matmul", [])]
     convs = [n for n in qmodel.graph.nodes if n.target in ops.FUSED_CONV_OPS]
     if mode == "weight_only":
         assert reasons == ["weight-only conv: no int8 conv kernel takes float activations; "

@@ -43,7 +43,7 @@ class InputStatistics(Observer):
         rows = x.reshape(-1, x.shape[-1])
         lo_c, hi_c = torch.aminmax(rows, dim=0)
         abs_sum = rows.abs().sum(0, dtype=torch.float64)
-        if self.min_val is None:
+        if self.min_val is None or self.max_val is None or self.abs_sum is None:
             self.min_val, self.max_val, self.abs_sum = lo_c, hi_c, abs_sum
         else:
             self.min_val = torch.minimum(self.min_val, lo_c)

@@ -20,7 +20,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from .. import utils
+from .. import measure
 from ..errors import SaveLoadError
 from .hf_folder import encode, load_float_model, random_tokens, read_texts
 from .text import size
@@ -85,7 +85,7 @@ def compare_command(model_dir: Path, quant_dir: Path, texts: Path | None, batch:
     result = {
         "inputs": {"count": len(batches), "source": str(texts) if texts else "random tokens",
                    "shape": list(batches[0]["input_ids"].shape)},
-        "models": {name: {"size_bytes": utils.model_size_bytes(m), "latency_ms": latency[name]}
+        "models": {name: {"size_bytes": measure.model_size_bytes(m), "latency_ms": latency[name]}
                    for name, m in models.items()},
     }
     result["models"]["int8"].update(_errors(float_model.model, quant, batches))

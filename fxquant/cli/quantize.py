@@ -53,7 +53,7 @@ def _export(qmodel: Any, out: Path, example: dict[str, Any]) -> Path:
     from .. import onnx_export
 
     path = out / "model.onnx"
-    config = getattr(qmodel, "config", None)
+    config: Any = getattr(qmodel, "config", None)  # a transformers config, or None
     use_cache = getattr(config, "use_cache", None)
     try:
         if use_cache:

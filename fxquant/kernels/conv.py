@@ -162,7 +162,7 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, reduce_range: bool)
 def batch_range(x: torch.Tensor) -> tuple[float, float]:
     """min and max of ``x``, read in storage order (4x faster than ``aminmax`` on a channels-last
     tensor, whose strided reduction is slow)."""
-    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    order = sorted(range(x.dim()), key=x.stride, reverse=True)  # stable: ties keep their order
     dense = x.permute(order)
     flat = dense.view(-1) if dense.is_contiguous() else x
     lo, hi = torch.aminmax(flat)

@@ -99,11 +99,6 @@ def packed_weight(
     return packed
 
 
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
-
-
 def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
     """int8 x int8 GEMM; activations quantized per tensor from the batch's own range."""
     # fbgemm takes any leading dimensions itself; reshaping here only costs time at one token.

@@ -30,28 +30,29 @@ def fake_quantize_static(
     return numerics.fake_quantize(x, scale, zero_point, numerics.activation_qrange(reduce_range))
 
 
-def linear_int8_weight(
+def linear_weight_only(
     x: torch.Tensor,
     codes: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``F.linear`` with a dequantized per-output-channel int8 weight."""
+    """``F.linear`` with a dequantized per-output-channel int8 weight: the ``linear_weight_only``
+    op (``fbgemm.linear_weight_only`` is its fast kernel)."""
     weight = numerics.dequantize(codes, scale, zero_point, axis=0)
     return F.linear(x, weight, bias)
 
 
 def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
     xq = fake_quantize_dynamic(x, reduce_range)
-    return linear_int8_weight(xq, codes, scale, zero_point, bias)
+    return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
 def linear_static(
     x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale, zero_point, bias
 ) -> torch.Tensor:
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
-    return linear_int8_weight(xq, codes, scale, zero_point, bias)
+    return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
 def embedding(indices: torch.Tensor, codes, scale, zero_point) -> torch.Tensor:
@@ -119,7 +120,7 @@ def fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torc
 
 def linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
     xq = fake_quantize_dynamic_per_token(x, reduce_range)
-    return linear_int8_weight(xq, codes, scale, zero_point, bias)
+    return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
 def dequantize_weight_grouped(codes, scale, zero_point, group_size: int) -> torch.Tensor:

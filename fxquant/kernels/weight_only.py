@@ -109,12 +109,14 @@ def _toolchain_problem() -> str | None:
         return f"no C++ compiler ({compiler!r} not on PATH)"
     try:
         import ninja
+
+        ninja_bin: str | None = ninja.BIN_DIR
     except ImportError:
-        ninja = None
-    if ninja is not None and ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        ninja_bin = None
+    if ninja_bin is not None and ninja_bin not in os.environ.get("PATH", "").split(os.pathsep):
         # torch.utils.cpp_extension runs `ninja` from PATH; the pip package's binary is not there
         # when the venv is not activated.
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        os.environ["PATH"] = ninja_bin + os.pathsep + os.environ.get("PATH", "")
     if shutil.which("ninja") is None:
         return "ninja is not installed (pip install ninja, or fxquant[fast])"
     return None

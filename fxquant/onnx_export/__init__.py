@@ -11,24 +11,25 @@ How the file is made (one module per step; docs/onnx.md has the why):
     weights.py, activation.py  int8 initializers (layout, names, sharing); activation quantization
     scheme.py                  int8 or uint8 weights for integer matmuls (AVX2 saturation)
     metadata.py, finalize.py   metadata_props, quantization_annotation, IR/opset, onnx.checker
-    validate.py, reference.py  ONNX Runtime vs the function the file encodes
+    validate.py, twin.py       ONNX Runtime vs the function the file encodes (the export twin)
     spec.py, decoder.py        what is traced: the model as called, or a causal LM as a decoder
                                with its KV cache (Optimum's layout)
     write.py                   atomic writing, external data over 2 GB
     generate.py                ort_generate: greedy decoding of a decoder file in ONNX Runtime
-    checks.py, export.py       argument checks; the export_onnx entry point
+    checks.py, pipeline.py     argument checks; export_onnx, the steps in order
     info.py                    onnx_info
+    subgraphs.py               the one walk into control-flow bodies (If / Loop / Scan)
 """
 
 from __future__ import annotations
 
+from ..errors import OpsetError
 from .decoder import DecoderLayout
-from .errors import OpsetError
-from .export import ExportResult, export_onnx, validate_onnx
 from .generate import DecoderSession, ort_generate
 from .info import onnx_info
 from .metadata import read_annotations, read_metadata
-from .validate import ValidationReport
+from .pipeline import ExportResult, export_onnx, validate_onnx
+from .validate import ValidationReport, ort_session
 
 __all__ = [
     "DecoderLayout",
@@ -39,6 +40,7 @@ __all__ = [
     "export_onnx",
     "onnx_info",
     "ort_generate",
+    "ort_session",
     "read_annotations",
     "read_metadata",
     "validate_onnx",

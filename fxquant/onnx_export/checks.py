@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 from ..capture import as_input_tuple
 from ..config import QuantConfig
 from ..errors import ExampleInputError, ExportError, FxQuantError
+from ..record import stage_of
 from .versions import check_opset
 
 
@@ -29,19 +30,14 @@ class Subject:
     converted: tuple[tuple[str, fx.GraphModule], ...]  # (qualified name, converted module)
 
 
-def _stage(module: nn.Module) -> str | None:
-    if isinstance(module, fx.GraphModule):
-        return getattr(module, "meta", {}).get("fxquant", {}).get("stage")
-    return None
-
-
 def inspect_model(model: Any) -> Subject:
     """Classify ``model``; a prepared (observed) model is an error, a float one a warning."""
     if not isinstance(model, nn.Module):
         raise ExportError(f"export_onnx expects a torch.nn.Module, got {type(model).__name__}.")
     converted = []
     for name, module in model.named_modules():
-        stage = _stage(module)
+        # GraphModules only: a shell quantized region by region holds converted regions.
+        stage = stage_of(module) if isinstance(module, fx.GraphModule) else None
         if stage == "converted":
             converted.append((name, module))
         elif stage is not None:
@@ -62,7 +58,7 @@ def inspect_model(model: Any) -> Subject:
     return Subject(model, record["config"], record, tuple(converted))
 
 
-def _describe(values: tuple[Any, ...]) -> list[Any]:
+def _shapes(values: tuple[Any, ...]) -> list[Any]:
     return [tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in values]
 
 
@@ -103,23 +99,24 @@ def describe_outputs(outputs: Any, model_name: str) -> Outputs:
     return Outputs(tuple(_leaf_name(path) for path, _ in leaves), flat)
 
 
-def check_example_inputs(
+def run_example(
     subject: Subject, example_inputs: Any
 ) -> tuple[tuple[torch.Tensor, ...], Outputs]:
-    """The inputs as a tuple of tensors, and the model's outputs for them."""
+    """The inputs as a tuple of tensors, and the model's outputs for them (run once, checked:
+    errors say what the model accepts)."""
     inputs = as_input_tuple(example_inputs)
     if not inputs:
         raise ExampleInputError("example_inputs is empty: pass one tensor per model input.")
     if not all(isinstance(v, torch.Tensor) for v in inputs):
         raise ExampleInputError(
-            f"example_inputs must be tensors (one per positional input); got {_describe(inputs)}."
+            f"example_inputs must be tensors (one per positional input); got {_shapes(inputs)}."
         )
     try:
         with torch.no_grad():
             outputs = subject.model(*inputs)
     except Exception as exc:
         raise ExampleInputError(
-            f"{type(subject.model).__name__} failed on the example inputs {_describe(inputs)}: "
+            f"{type(subject.model).__name__} failed on the example inputs {_shapes(inputs)}: "
             f"{type(exc).__name__}: {exc}. Pass inputs the model accepts (shapes, dtypes, count)."
         ) from None
     return inputs, describe_outputs(outputs, type(subject.model).__name__)
@@ -142,10 +139,9 @@ def check_path(path: str | os.PathLike[str]) -> Path:
 
 def check_opset_for(subject: Subject, opset: int) -> None:
     """The opset must express the subject's scheme (per-axis scales need opset 13)."""
-    config = subject.config
-    quantized = config is not None and config.mode != "float"
+    config = subject.config  # None: a float model
     check_opset(
         opset,
-        needs_per_axis=quantized and config.weight_granularity == "per_channel",
-        needs_dynamic=quantized and config.mode == "dynamic",
+        needs_per_axis=config is not None and config.weight_granularity == "per_channel",
+        needs_dynamic=config is not None and config.mode == "dynamic",
     )

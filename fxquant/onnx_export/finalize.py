@@ -11,23 +11,13 @@ naming it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import onnx
 
 from .._version import __version__
 from ..errors import ExportError
+from .subgraphs import all_nodes
 from .versions import ir_version_for
 from .write import too_large_for_one_file
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            subs = [attr.g] if attr.HasField("g") else []
-            for sub in (*subs, *attr.graphs):
-                yield from _all_nodes(sub)
 
 
 def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
@@ -60,7 +50,7 @@ CONTRIB = {"com.microsoft::MatMulNBits": ("com.microsoft", 1)}
 
 def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = frozenset(),
              allow_contrib: bool = False) -> None:
-    used = {f"{n.domain}::{n.op_type}" for n in _all_nodes(model.graph)
+    used = {f"{n.domain}::{n.op_type}" for n in all_nodes(model.graph)
             if n.domain not in ("", "ai.onnx")}
     contrib = sorted(used & set(CONTRIB)) if allow_contrib else []
     foreign = sorted(used - set(contrib))

@@ -11,7 +11,7 @@ writing the patterns here keeps them exactly the ones ONNX Runtime fuses, in one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,7 @@ from .lower_qdq import (
     lower_quantize_activation,
 )
 from .scheme import ExportScheme
+from .subgraphs import nested_nodes, subgraphs
 from .symbolics import DOMAIN
 from .weights import Layout, OnnxWeight, WeightTable, WeightUse, plan_weights
 
@@ -77,14 +78,6 @@ class Lowered:
     grouped: Mapping[str, int] = field(default_factory=dict)  # group-wise form -> layers
 
 
-def _subgraph_placeholders(graph: onnx.GraphProto) -> Iterator[str]:
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
-                yield from (n.op_type for n in sub.node if n.domain == DOMAIN)
-                yield from _subgraph_placeholders(sub)
-
-
 def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """``nodes`` without those whose results nobody reads (e.g. the exporter's Identity copies
     of the int8 buffers the placeholders consumed)."""
@@ -94,9 +87,8 @@ def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(node.input)
-            for attr in node.attribute:  # names a control-flow body reads from outside
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    needed.update(i for n in sub.node for i in n.input)
+            for sub in subgraphs(node):  # names a control-flow body reads from outside
+                needed.update(i for n in sub.node for i in n.input)
     return keep[::-1]
 
 
@@ -119,7 +111,7 @@ def lower_placeholders(
 ) -> Lowered:
     """Lower in place; ``sources`` maps an int8 buffer's name to the layer it belongs to."""
     graph = model.graph
-    nested = sorted(set(_subgraph_placeholders(graph)))
+    nested = sorted({n.op_type for n in nested_nodes(graph) if n.domain == DOMAIN})
     if nested:
         raise ExportError(f"fxquant ops inside ONNX control flow are not supported: {nested}.")
     placeholders = [n for n in graph.node if n.domain == DOMAIN]

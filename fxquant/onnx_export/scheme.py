@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from ..config import QuantConfig
 from ..errors import ConfigError
-from ..numerics import PAIR_SUM_LIMIT
+from ..numerics import PAIR_SUM_LIMIT, pair_sums
 
 CodesType = Literal["int8", "uint8"]
 _CHOICES = ("auto", "int8", "uint8")
@@ -71,13 +72,11 @@ def cannot_saturate(placeholder: str, codes: np.ndarray) -> bool:
     pair-safe condition fxquant's default scales guarantee: ``|c[2k] + c[2k+1]| <= 128``. For
     anything else (conv kernels, whose packing we do not rely on) every code must be within +-64.
     """
-    wide = codes.astype(np.int32)
-    if placeholder in _INTEGER and wide.ndim == 2:
-        if wide.shape[-1] % 2:
-            wide = np.pad(wide, ((0, 0), (0, 1)))
-        pairs = np.abs(wide[:, 0::2] + wide[:, 1::2])
-        return int(pairs.max(initial=0)) <= PAIR_SUM_LIMIT
-    return int(np.abs(wide).max(initial=0)) <= SAFE_WEIGHT_CODE
+    wide = torch.from_numpy(codes.astype(np.int32))
+    if placeholder in _INTEGER and wide.dim() == 2:
+        pairs = pair_sums(wide)  # fxquant's one pair-sum rule (the kernels' too)
+        return int(pairs.amax()) <= PAIR_SUM_LIMIT if pairs.numel() else True
+    return int(wide.abs().amax()) <= SAFE_WEIGHT_CODE if wide.numel() else True
 
 
 def resolve_scheme(config: QuantConfig | None, matmul_weights: str,

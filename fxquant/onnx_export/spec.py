@@ -189,7 +189,7 @@ def plain_spec(
     if without_cache:
         subject = dataclasses.replace(subject, model=WithoutCache(subject.model))
         output_names = output_names or ["logits"]
-    inputs, outputs = checks.check_example_inputs(subject, example_inputs)
+    inputs, outputs = checks.run_example(subject, example_inputs)
     in_names = list(input_names) if input_names else _input_names(names_from, len(inputs))
     out_names = list(output_names) if output_names else list(outputs.names)
     if len(in_names) != len(inputs) or len(out_names) != len(outputs.names):

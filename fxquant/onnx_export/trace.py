@@ -20,9 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ExportError
+from ..errors import ExportError, OpsetError
 from . import symbolics
-from .errors import OpsetError
 from .write import EXTERNAL_DATA_THRESHOLD
 
 # The exporter warns that it is the legacy path on every call; fxquant chose it on purpose.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from .errors import OpsetError
+from ..errors import OpsetError
 
 DEFAULT_OPSET = 14
 # DequantizeLinear / QuantizeLinear gained the ``axis`` attribute (per-channel scales) in opset 13.

@@ -27,50 +27,72 @@ and, on a copy of the trained model, before CONVERT:
 
 from __future__ import annotations
 
-from .annotate import run_annotate
-from .awq import run_awq
+from .annotate import ANNOTATE, run_annotate
+from .awq import AWQ, run_awq
+from .calibrate import CALIBRATE as _CALIBRATE
 from .calibrate import run_calibrate
-from .canonicalize import run_canonicalize
-from .cleanup import run_cleanup
-from .drop_linear_reshapes import run_drop_linear_reshapes
-from .drop_statistics import run_drop_statistics
-from .fold_batchnorm import run_fold_batchnorm
-from .freeze_fake_quant import run_freeze_fake_quant
-from .fuse_conv_relu import run_fuse_conv_relu
-from .fuse_dequant_matmul import run_fuse_dequant_matmul
-from .fuse_gelu_tanh import run_fuse_gelu_tanh
-from .gptq import run_gptq
-from .infra import Pass, PassContext, PassResult, run_passes
-from .insert_fake_quant import run_insert_fake_quant
-from .insert_observers import run_insert_observers
-from .insert_statistics import run_insert_statistics
-from .lower_to_int8 import run_lower_to_int8
-from .pack_weights import run_pack_weights
-from .smooth_quant import run_smooth_quant
+from .canonicalize import CANONICALIZE, run_canonicalize
+from .cleanup import CLEANUP, run_cleanup
+from .drop_linear_reshapes import DROP_LINEAR_RESHAPES, run_drop_linear_reshapes
+from .drop_statistics import DROP_STATISTICS, run_drop_statistics
+from .fold_batchnorm import FOLD_BATCHNORM, run_fold_batchnorm
+from .freeze_fake_quant import FREEZE_FAKE_QUANT, run_freeze_fake_quant
+from .fuse_conv_relu import FUSE_CONV_RELU, run_fuse_conv_relu
+from .fuse_dequant_matmul import FUSE_DEQUANT_MATMUL, run_fuse_dequant_matmul
+from .fuse_gelu_tanh import FUSE_GELU_TANH, run_fuse_gelu_tanh
+from .gptq import GPTQ, run_gptq
+from .infra import Pass, PassContext, PassContractError, PassFn, PassResult, run_passes
+from .insert_fake_quant import INSERT_FAKE_QUANT, run_insert_fake_quant
+from .insert_observers import INSERT_OBSERVERS, run_insert_observers
+from .insert_statistics import INSERT_STATISTICS, run_insert_statistics
+from .lower_to_int8 import LOWER_TO_INT8, run_lower_to_int8
+from .pack_weights import PACK_WEIGHTS, run_pack_weights
+from .smooth_quant import SMOOTH_QUANT, run_smooth_quant
 
-# Region-wise capture runs PREPARE in two halves: every region is canonicalized and annotated
-# before any gets observers, so a weight shared across regions (GPT-2's tied wte / lm_head) can be
-# given the one scheme that suits all its users.
-PREPARE_CANONICAL: tuple[Pass, ...] = (run_canonicalize, run_fold_batchnorm, run_annotate)
-PREPARE_OBSERVE: tuple[Pass, ...] = (run_insert_statistics, run_insert_observers)
+# Each entry is a Pass: its name, whether it works in place, and the check of its guarantees
+# (see infra.py). Region-wise capture runs PREPARE in two halves: every region is canonicalized
+# and annotated before any gets observers, so a weight shared across regions (GPT-2's tied
+# wte / lm_head) can be given the one scheme that suits all its users.
+PREPARE_CANONICAL: tuple[Pass, ...] = (CANONICALIZE, FOLD_BATCHNORM, ANNOTATE)
+PREPARE_OBSERVE: tuple[Pass, ...] = (INSERT_STATISTICS, INSERT_OBSERVERS)
 PREPARE: tuple[Pass, ...] = PREPARE_CANONICAL + PREPARE_OBSERVE
-CALIBRATE: tuple[Pass, ...] = (run_calibrate,)
+CALIBRATE: tuple[Pass, ...] = (_CALIBRATE,)
 CONVERT: tuple[Pass, ...] = (
-    run_smooth_quant, run_awq, run_gptq, run_drop_statistics,
-    run_lower_to_int8, run_fuse_dequant_matmul, run_fuse_conv_relu, run_cleanup
+    SMOOTH_QUANT, AWQ, GPTQ, DROP_STATISTICS,
+    LOWER_TO_INT8, FUSE_DEQUANT_MATMUL, FUSE_CONV_RELU, CLEANUP,
 )
 # After conversion: the runtime form (weights packed once for the fast kernel, and the Python
 # around the kernels trimmed: what a one-token decode step pays per node).
-RUNTIME: tuple[Pass, ...] = (run_pack_weights, run_drop_linear_reshapes, run_fuse_gelu_tanh)
+RUNTIME: tuple[Pass, ...] = (PACK_WEIGHTS, DROP_LINEAR_RESHAPES, FUSE_GELU_TANH)
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
 # Quantization-aware training: the model trains between QAT_PREPARE and QAT_FREEZE.
-QAT_PREPARE: tuple[Pass, ...] = (run_insert_fake_quant,)
-QAT_FREEZE: tuple[Pass, ...] = (run_freeze_fake_quant,)
+QAT_PREPARE: tuple[Pass, ...] = (INSERT_FAKE_QUANT,)
+QAT_FREEZE: tuple[Pass, ...] = (FREEZE_FAKE_QUANT,)
 QAT_PIPELINE: tuple[Pass, ...] = PREPARE + QAT_PREPARE + QAT_FREEZE + CONVERT
+# Every pass, once, in pipeline order.
+ALL_PASSES: tuple[Pass, ...] = PREPARE + QAT_PREPARE + QAT_FREEZE + CALIBRATE + CONVERT + RUNTIME
 
 __all__ = [
+    "ALL_PASSES",
+    "ANNOTATE",
+    "AWQ",
     "CALIBRATE",
+    "CANONICALIZE",
+    "CLEANUP",
     "CONVERT",
+    "DROP_LINEAR_RESHAPES",
+    "DROP_STATISTICS",
+    "FOLD_BATCHNORM",
+    "FREEZE_FAKE_QUANT",
+    "FUSE_CONV_RELU",
+    "FUSE_DEQUANT_MATMUL",
+    "FUSE_GELU_TANH",
+    "GPTQ",
+    "INSERT_FAKE_QUANT",
+    "INSERT_OBSERVERS",
+    "INSERT_STATISTICS",
+    "LOWER_TO_INT8",
+    "PACK_WEIGHTS",
     "PIPELINE",
     "PREPARE",
     "PREPARE_CANONICAL",
@@ -79,8 +101,30 @@ __all__ = [
     "QAT_PIPELINE",
     "QAT_PREPARE",
     "RUNTIME",
+    "SMOOTH_QUANT",
     "Pass",
     "PassContext",
+    "PassContractError",
+    "PassFn",
     "PassResult",
+    "run_annotate",
+    "run_awq",
+    "run_calibrate",
+    "run_canonicalize",
+    "run_cleanup",
+    "run_drop_linear_reshapes",
+    "run_drop_statistics",
+    "run_fold_batchnorm",
+    "run_freeze_fake_quant",
+    "run_fuse_conv_relu",
+    "run_fuse_dequant_matmul",
+    "run_fuse_gelu_tanh",
+    "run_gptq",
+    "run_insert_fake_quant",
+    "run_insert_observers",
+    "run_insert_statistics",
+    "run_lower_to_int8",
+    "run_pack_weights",
     "run_passes",
+    "run_smooth_quant",
 ]

@@ -5,7 +5,7 @@ Guarantees: every canonical quantizable node has ``meta["fxquant"]["quantize"]``
 nodes also carry ``kind`` and ``mode``; ``False`` nodes carry a ``reason``. With
 ``weight_granularity="per_group"``, quantized linears carry ``group_size`` (None where the group
 size does not divide the input width: the layer stays per-channel, with the reason recorded under
-``ctx.refusals["group"]``).
+``ctx.refusals["annotate"]``).
 Why: keeping the decision apart from the mechanism (as torchao's pt2e annotators do) lets a user
 read why a layer stayed float, and lets the observer pass stay a plain rewrite.
 """
@@ -17,7 +17,10 @@ import torch.fx as fx
 
 from ..config import QuantConfig
 from ..graph import fetch_attr, kind_of, meta
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import node_arg, record, target_of
+
+PASS = "annotate"
 
 
 def _skipped(source: str, skip: tuple[str, ...]) -> bool:
@@ -35,7 +38,7 @@ def refusal_reason(gm: fx.GraphModule, node: fx.Node, config: QuantConfig) -> st
         return "listed in QuantConfig.skip"
     if kind == "embedding" and not config.quantize_embeddings:
         return "QuantConfig.quantize_embeddings is False"
-    tensor = fetch_attr(gm, weight.target)
+    tensor = fetch_attr(gm, target_of(weight))
     if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.float32:
         return f"weight dtype {getattr(tensor, 'dtype', type(tensor))} is not float32"
     if tensor.numel() < config.min_weight_elements:
@@ -49,14 +52,14 @@ def _annotate_group(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None
     """Group-wise weights for linears whose input width the group size divides."""
     size = ctx.config.group_size
     if kind_of(node) != "linear":
-        ctx.refuse("group", node, f"group-wise weights are for linears; this {kind_of(node)} "
+        ctx.refuse(PASS, node, f"group-wise weights are for linears; this {kind_of(node)} "
                                   "keeps one scale per output channel")
         return
-    columns = fetch_attr(gm, node.args[1].target).shape[-1]
+    columns = fetch_attr(gm, target_of(node_arg(node, 1))).shape[-1]
     group = size if columns % size == 0 else None
     meta(node)["group_size"] = group
     if group is None:
-        ctx.refuse("group", node, f"group_size {size} does not divide the {columns} input "
+        ctx.refuse(PASS, node, f"group_size {size} does not divide the {columns} input "
                                   "channels; kept per-channel")
 
 
@@ -70,8 +73,28 @@ def run_annotate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         info.update(kind=kind, quantize=reason is None, mode=ctx.config.mode)
         if reason is not None:
             info["reason"] = reason
-            ctx.refuse("annotate", node, reason)
+            ctx.refuse(PASS, node, reason)
         elif ctx.config.weight_granularity == "per_group":
             _annotate_group(gm, node, ctx)
     # Annotation changes metadata only, never the graph.
     return PassResult(gm, False)
+
+
+def _unannotated(node: fx.Node) -> str | None:
+    info = record(node)
+    if "quantize" not in info:
+        return "no quantize decision"
+    wanted = ("kind", "mode") if info["quantize"] else ("reason",)
+    missing = [k for k in wanted if k not in info]
+    return f"no {missing}" if missing else None
+
+
+def verify_annotate(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        why = _unannotated(node) if kind_of(node) else None
+        if why is not None:
+            return f"{node.name}: {why}"
+    return None
+
+
+ANNOTATE = Pass(PASS, run_annotate, verify=verify_annotate)

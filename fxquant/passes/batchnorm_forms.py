@@ -24,6 +24,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PassError
 from ..graph import fetch_attr
 
 aten = torch.ops.aten
@@ -52,7 +53,7 @@ _DEFAULTS = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "
 
 
 def _bind(node: fx.Node, names: tuple[str, ...]) -> dict[str, object]:
-    bound = dict(_DEFAULTS)
+    bound: dict[str, object] = dict(_DEFAULTS)
     bound.update(zip(names, node.args, strict=False))
     bound.update(node.kwargs)
     return bound
@@ -74,12 +75,14 @@ def _from_args(gm: fx.GraphModule, node: fx.Node, args: dict[str, object], outpu
         refusal = "BatchNorm in training mode"
     elif refusal is None and (tensors[2] is None or tensors[3] is None):
         refusal = _NO_STATS
-    params = [None if isinstance(t, str) else t for t in tensors]
+    weight, bias, mean, var = (None if isinstance(t, str) else t for t in tensors)
     empty = torch.empty(0)
-    params[2] = empty if params[2] is None else params[2]
-    params[3] = empty if params[3] is None else params[3]
+    eps = args["eps"]
+    if not isinstance(eps, (int, float)):
+        raise PassError(f"{node.name}: BatchNorm eps {eps!r} is not a constant")
     erase = (*erase, *[a for a in node.all_input_nodes if a.op == "get_attr"])
-    return BatchNorm(node.name, args["input"], output, erase, *params, float(args["eps"]),
+    return BatchNorm(node.name, args["input"], output, erase, weight, bias,
+                     empty if mean is None else mean, empty if var is None else var, float(eps),
                      refusal)
 
 

@@ -23,7 +23,7 @@ from ..errors import CalibrationError
 from ..inputs import as_model_inputs, calibration_batches
 from ..observers import Observer
 from ..progress import progress_bar
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 
 
 def run_batches(gm: fx.GraphModule, batches: Iterable[Any], example: Any, progress: bool) -> int:
@@ -55,3 +55,8 @@ def run_calibrate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         )
     gm.meta.setdefault("fxquant", {})["calibration_batches"] = count
     return PassResult(gm, False)
+
+
+# Calibration only runs data; that the graph stays as it was is checked for every pass that
+# returns modified=False.
+CALIBRATE = Pass("calibrate", run_calibrate)

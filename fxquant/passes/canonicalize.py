@@ -20,7 +20,10 @@ from torch import nn
 
 from ..graph import fetch_attr, kind_of, meta, source_of_weight
 from .functional_forms import RULES
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import record, target_of
+
+PASS = "canonicalize"
 
 
 def _supported(module: nn.Module) -> bool:
@@ -37,16 +40,13 @@ def _functional_call(
     x = node.args[0] if node.args else node.kwargs.get("input")
     w = graph.get_attr(f"{node.target}.weight")
     b = graph.get_attr(f"{node.target}.bias") if getattr(module, "bias", None) is not None else None
-    if type(module) is nn.Linear:
-        return graph.call_function(F.linear, (x, w, b))
-    if type(module) in (nn.Conv1d, nn.Conv2d) and module.padding_mode == "zeros":
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         fn = F.conv1d if type(module) is nn.Conv1d else F.conv2d
-        padding = module.padding
-        args = (x, w, b, module.stride, padding, module.dilation, module.groups)
+        args = (x, w, b, module.stride, module.padding, module.dilation, module.groups)
         return graph.call_function(fn, args)
-    if type(module) is nn.Embedding and module.max_norm is None:
+    if isinstance(module, nn.Embedding):
         return graph.call_function(F.embedding, (x, w, module.padding_idx))
-    return None
+    return graph.call_function(F.linear, (x, w, b))
 
 
 def _modules_with_weights(gm: fx.GraphModule) -> set[str]:
@@ -55,11 +55,11 @@ def _modules_with_weights(gm: fx.GraphModule) -> set[str]:
 
 
 def _canonicalize_module_call(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> bool:
-    module = fetch_attr(gm, node.target)
+    module = fetch_attr(gm, target_of(node))
     with gm.graph.inserting_before(node):
         new = _functional_call(gm.graph, node, module)
     if new is None:
-        ctx.refuse("canonicalize", node, f"{type(module).__name__} options not supported")
+        ctx.refuse(PASS, node, f"{type(module).__name__} options not supported")
         return False
     meta(new)["source"] = node.target
     new.meta.update({k: v for k, v in node.meta.items() if k != "fxquant"})
@@ -71,7 +71,7 @@ def _canonicalize_module_call(gm: fx.GraphModule, node: fx.Node, ctx: PassContex
 def _canonicalize_function_call(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> bool:
     result = RULES[node.target](gm, node)
     if isinstance(result, str):
-        ctx.refuse("canonicalize", node, result)
+        ctx.refuse(PASS, node, result)
         return False
     with gm.graph.inserting_before(node):
         new = gm.graph.call_function(result.fn, result.args)
@@ -84,14 +84,18 @@ def _canonicalize_function_call(gm: fx.GraphModule, node: fx.Node, ctx: PassCont
 def _record_source(node: fx.Node) -> None:
     weight = node.args[1] if len(node.args) > 1 else None  # F.linear(x, weight=w): no weight
     if isinstance(weight, fx.Node) and weight.op == "get_attr" and "source" not in meta(node):
-        meta(node)["source"] = source_of_weight(weight.target)
+        meta(node)["source"] = source_of_weight(target_of(weight))
+
+
+def _module_candidate(node: fx.Node, candidates: set[str]) -> bool:
+    return node.op == "call_module" and node.target in candidates and len(node.args) == 1
 
 
 def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     candidates = _modules_with_weights(gm)
     modified = False
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and node.target in candidates and len(node.args) == 1:
+        if _module_candidate(node, candidates):
             modified |= _canonicalize_module_call(gm, node, ctx)
         elif node.op == "call_function" and node.target in RULES:
             modified |= _canonicalize_function_call(gm, node, ctx)
@@ -99,3 +103,17 @@ def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if kind_of(node):
             _record_source(node)
     return PassResult(gm, modified)
+
+
+def verify_canonicalize(gm: fx.GraphModule) -> str | None:
+    candidates = _modules_with_weights(gm)
+    for node in gm.graph.nodes:
+        if _module_candidate(node, candidates) and _supported(fetch_attr(gm, target_of(node))):
+            return f"{node.name} still calls the module {node.target}"
+        weight = node.args[1] if kind_of(node) and len(node.args) > 1 else None
+        if isinstance(weight, fx.Node) and weight.op == "get_attr" and "source" not in record(node):
+            return f"{node.name} records no source"
+    return None
+
+
+CANONICALIZE = Pass(PASS, run_canonicalize, verify=verify_canonicalize)

@@ -16,7 +16,7 @@ import operator
 import torch.fx as fx
 
 from ..kernels import fbgemm
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 from .pack_weights import linear_weight_only_packed
 
 # Runtime calls that accept ``x`` of any rank and return ``[*x.shape[:-1], N]``.
@@ -52,17 +52,25 @@ def _restores_leading_dims(view: fx.Node, x: fx.Node) -> bool:
             and lead.args[1] == slice(None, -1, None) and _is_size_of(lead.args[0], x))
 
 
-def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    changed = False
-    for call in list(gm.graph.nodes):
+def _reshaped_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node, fx.Node]]:
+    """(call, x, flatten view, unflatten view) for every kernel call the pass rewrites."""
+    found = []
+    for call in gm.graph.nodes:
         if call.op != "call_function" or call.target not in _ND_KERNELS:
             continue
         x = _flattened_input(call.args[0])
         users = list(call.users)
-        if x is None or len(users) != 1 or not _restores_leading_dims(users[0], x):
-            continue
-        flat, unflat = call.args[0], users[0]
-        call.args = (x, *call.args[1:])
+        if x is not None and len(users) == 1 and _restores_leading_dims(users[0], x):
+            found.append((call, x, call.args[0], users[0]))
+    return found
+
+
+def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    changed = False
+    for call, _, flat, unflat in _reshaped_calls(gm):
+        # flat.args[0], not the x found above: an earlier rewrite may have replaced that node
+        # (two Conv1D layers in a row: the first one's unflatten view is the second one's x).
+        call.args = (flat.args[0], *call.args[1:])
         unflat.replace_all_uses_with(call)
         gm.graph.erase_node(unflat)
         gm.graph.erase_node(flat)
@@ -70,3 +78,12 @@ def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult
     if changed:
         gm.graph.eliminate_dead_code()
     return PassResult(gm, changed)
+
+
+def verify_drop_linear_reshapes(gm: fx.GraphModule) -> str | None:
+    left = _reshaped_calls(gm)
+    return f"flatten / unflatten views remain around {left[0][0].name}" if left else None
+
+
+DROP_LINEAR_RESHAPES = Pass("drop_linear_reshapes", run_drop_linear_reshapes,
+                            verify=verify_drop_linear_reshapes)

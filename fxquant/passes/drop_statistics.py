@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .infra import PassContext, PassResult
+from ..algorithms.statistics import InputStatistics
+from .infra import Pass, PassContext, PassResult
 from .input_scaling import statistics_nodes
+from .nodes import left_over, node_arg
 
 
 def run_drop_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     nodes = statistics_nodes(gm)
     for node, _ in nodes:
-        node.replace_all_uses_with(node.args[0])
+        node.replace_all_uses_with(node_arg(node, 0))
         gm.graph.erase_node(node)
     return PassResult(gm, bool(nodes))
+
+
+def verify_drop_statistics(gm: fx.GraphModule) -> str | None:
+    return left_over(gm, InputStatistics, "statistics observer")
+
+
+DROP_STATISTICS = Pass("drop_statistics", run_drop_statistics, verify=verify_drop_statistics)

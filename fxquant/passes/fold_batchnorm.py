@@ -26,7 +26,8 @@ from torch import nn
 from ..graph import fetch_attr, kind_of, meta
 from .batchnorm_forms import BatchNorm, read_batchnorm
 from .conv_args import BIAS, DEFAULTS
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import node_arg, target_of
 
 PASS = "fold_batchnorm"
 
@@ -46,9 +47,9 @@ def _conv_refusal(gm: fx.GraphModule, conv: fx.Node) -> str | None:
 
 
 def _folded(gm: fx.GraphModule, conv: fx.Node, bn: BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = fetch_attr(gm, str(conv.args[1].target)).detach()
-    bias_node = conv.args[BIAS] if len(conv.args) > BIAS else None
-    bias = None if bias_node is None else fetch_attr(gm, str(bias_node.target)).detach()
+    weight = fetch_attr(gm, target_of(node_arg(conv, 1))).detach()
+    has_bias = len(conv.args) > BIAS and conv.args[BIAS] is not None
+    bias = fetch_attr(gm, target_of(node_arg(conv, BIAS))).detach() if has_bias else None
     factor = torch.rsqrt(bn.var.double() + bn.eps)
     if bn.weight is not None:
         factor = factor * bn.weight.double()
@@ -70,7 +71,7 @@ def _register(gm: fx.GraphModule, beside: str, name: str, tensor: torch.Tensor) 
 
 
 def _fold(gm: fx.GraphModule, conv: fx.Node, bn: BatchNorm) -> None:
-    weight_target = str(conv.args[1].target)
+    weight_target = target_of(node_arg(conv, 1))
     new_weight, new_bias = _folded(gm, conv, bn)
     w_target = _register(gm, weight_target, weight_target.rpartition(".")[2] + "_folded",
                          new_weight)
@@ -88,21 +89,36 @@ def _fold(gm: fx.GraphModule, conv: fx.Node, bn: BatchNorm) -> None:
     meta(conv)["folded_batchnorm"] = bn.name
 
 
+def _foldable(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, BatchNorm] | str | None:
+    """(conv, BatchNorm) when ``node`` is a BatchNorm this pass folds into the conv feeding it,
+    the reason when it is one after a conv but is left alone, else None."""
+    bn = read_batchnorm(gm, node)
+    conv = None if bn is None else bn.input
+    if bn is None or not isinstance(conv, fx.Node) or kind_of(conv) != "conv":
+        return None
+    reason = bn.refusal or _conv_refusal(gm, conv)
+    if reason is None and bn.mean.numel() != fetch_attr(gm, target_of(node_arg(conv, 1))).shape[0]:
+        reason = "BatchNorm and conv disagree on the number of channels"
+    return (conv, bn) if reason is None else reason
+
+
 def run_fold_batchnorm(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     modified = False
     for node in list(gm.graph.nodes):
-        bn = read_batchnorm(gm, node)
-        if bn is None:
-            continue
-        conv = bn.input
-        if not isinstance(conv, fx.Node) or kind_of(conv) != "conv":
-            continue
-        reason = bn.refusal or _conv_refusal(gm, conv)
-        if reason is None and bn.mean.numel() != fetch_attr(gm, str(conv.args[1].target)).shape[0]:
-            reason = "BatchNorm and conv disagree on the number of channels"
-        if reason is not None:
-            ctx.refuse(PASS, node, reason)
-            continue
-        _fold(gm, conv, bn)
-        modified = True
+        found = _foldable(gm, node)
+        if isinstance(found, str):
+            ctx.refuse(PASS, node, found)
+        elif found is not None:
+            _fold(gm, *found)
+            modified = True
     return PassResult(gm, modified)
+
+
+def verify_fold_batchnorm(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        if isinstance(_foldable(gm, node), tuple):
+            return f"the BatchNorm {node.name} after a conv is left unfolded"
+    return None
+
+
+FOLD_BATCHNORM = Pass(PASS, run_fold_batchnorm, verify=verify_fold_batchnorm)

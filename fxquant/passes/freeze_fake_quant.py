@@ -26,20 +26,21 @@ from ..fake_quantizers import ActivationFakeQuant, FrozenRangeObserver, WeightFa
 from ..graph import fetch_attr
 from ..regions.shell import set_submodule
 from .functional_forms import transposed_weight
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import left_over, node_arg, target_of
 
 
 def _weight_attr(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     """The quantizer's input as a ``get_attr`` (a transposed view where it reads ``t(w)``)."""
-    weight = node.args[0]
+    weight = node_arg(node, 0)
     if weight.op == "get_attr":
         return weight
     if weight.op != "call_function" or weight.target is not torch.t:
         raise CalibrationError(f"{node.target} quantizes a computed weight; not a QAT graph")
-    view = transposed_weight(gm, weight.args[0])
+    base = node_arg(weight, 0)
+    view = transposed_weight(gm, base)
     node.replace_input_with(weight, view)
     if not weight.users:
-        base = weight.args[0]
         gm.graph.erase_node(weight)
         if not base.users:
             gm.graph.erase_node(base)
@@ -50,15 +51,15 @@ def _freeze_weight(gm: fx.GraphModule, node: fx.Node, fq: WeightFakeQuant) -> No
     weight = _weight_attr(gm, node)
     observer = fq.observer
     if fq.scale is not None:
-        observer.precomputed = fq.quantize(fetch_attr(gm, str(weight.target)))
-    set_submodule(gm, str(node.target), observer)
+        observer.precomputed = fq.quantize(fetch_attr(gm, target_of(weight)))
+    set_submodule(gm, target_of(node), observer)
 
 
 def _freeze_activation(gm: fx.GraphModule, node: fx.Node, fq: ActivationFakeQuant) -> None:
     if fq.kind != "static":
-        node.replace_all_uses_with(node.args[0])
+        node.replace_all_uses_with(node_arg(node, 0))
         gm.graph.erase_node(node)
-        owner, _, name = str(node.target).rpartition(".")
+        owner, _, name = target_of(node).rpartition(".")
         delattr(gm.get_submodule(owner), name)
         return
     if fq.batches == 0:
@@ -83,3 +84,11 @@ def run_freeze_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         modified = True
     return PassResult(gm, modified)
+
+
+def verify_freeze_fake_quant(gm: fx.GraphModule) -> str | None:
+    return left_over(gm, (WeightFakeQuant, ActivationFakeQuant), "fake quantizer")
+
+
+FREEZE_FAKE_QUANT = Pass("freeze_fake_quant", run_freeze_fake_quant,
+                         verify=verify_freeze_fake_quant)

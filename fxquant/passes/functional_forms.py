@@ -14,13 +14,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.node import Argument
 
 from ..graph import fetch_attr
+from .nodes import target_of
 
 aten = torch.ops.aten
 
@@ -32,13 +35,13 @@ def _param(node: object) -> fx.Node | None:
 
 def transposed_weight(gm: fx.GraphModule, weight: fx.Node) -> fx.Node:
     """A get_attr of ``weight``'s 2-D transpose, registered once beside the original."""
-    target = f"{weight.target}_t"
+    target = f"{target_of(weight)}_t"
     owner_path, _, name = target.rpartition(".")
     owner = fetch_attr(gm, owner_path) if owner_path else gm
     if not hasattr(owner, name):
         # A view, not a copy: quantizing an LLM must not hold a second float copy of its
         # weights (lowering writes the int8 codes contiguous).
-        tensor = fetch_attr(gm, weight.target).detach().t()
+        tensor = fetch_attr(gm, target_of(weight)).detach().t()
         owner.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
     with gm.graph.inserting_after(weight):
         return gm.graph.get_attr(target)
@@ -48,8 +51,8 @@ def transposed_weight(gm: fx.GraphModule, weight: fx.Node) -> fx.Node:
 class Rewrite:
     """Build the canonical call: (function, args)."""
 
-    fn: Callable[..., object]
-    args: tuple[object, ...]
+    fn: Callable[..., Any]
+    args: tuple[Argument, ...]
 
 
 def _linear(gm: fx.GraphModule, node: fx.Node) -> Rewrite | str:
@@ -61,24 +64,26 @@ def _linear(gm: fx.GraphModule, node: fx.Node) -> Rewrite | str:
 
 def _addmm(gm: fx.GraphModule, node: fx.Node) -> Rewrite | str:
     bias, x, w = node.args[:3]
+    weight, bias_param = _param(w), _param(bias)
     if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
         return "addmm with beta/alpha other than 1"
-    if _param(w) is None or fetch_attr(gm, w.target).dim() != 2:
+    if weight is None or fetch_attr(gm, target_of(weight)).dim() != 2:
         return "mat2 is not a 2-D parameter"
-    if bias is not None and _param(bias) is None:
+    if bias is not None and bias_param is None:
         return "bias is computed in the graph"
-    if bias is not None and fetch_attr(gm, bias.target).dim() != 1:
+    if bias_param is not None and fetch_attr(gm, target_of(bias_param)).dim() != 1:
         return "bias is not 1-D"
-    return Rewrite(F.linear, (x, transposed_weight(gm, w), bias))
+    return Rewrite(F.linear, (x, transposed_weight(gm, weight), bias))
 
 
 def _matmul(gm: fx.GraphModule, node: fx.Node) -> Rewrite | str:
     x, w = node.args[:2]
-    if _param(w) is None or fetch_attr(gm, w.target).dim() != 2:
+    weight = _param(w)
+    if weight is None or fetch_attr(gm, target_of(weight)).dim() != 2:
         return "right operand is not a 2-D parameter"
     if isinstance(x, fx.Node) and x.meta.get("val") is not None and x.meta["val"].dim() < 2:
         return "left operand is a vector"
-    return Rewrite(F.linear, (x, transposed_weight(gm, w), None))
+    return Rewrite(F.linear, (x, transposed_weight(gm, weight), None))
 
 
 def _embedding_aten(gm: fx.GraphModule, node: fx.Node) -> Rewrite | str:

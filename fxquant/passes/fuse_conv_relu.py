@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import ops
 from ..graph import fetch_attr
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 
 PASS = "fuse_conv_relu"
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, torch.ops.aten.relu.default,
@@ -49,10 +49,14 @@ def _relu_user(gm: fx.GraphModule, conv: fx.Node) -> fx.Node | str | None:
     return relus[0]
 
 
+def _conv_without_relu(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in ops.FUSED_CONV_OPS and not node.args[-1]
+
+
 def run_fuse_conv_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     modified = False
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in ops.FUSED_CONV_OPS or node.args[-1]:
+        if not _conv_without_relu(node):
             continue
         relu = _relu_user(gm, node)
         if relu is None:
@@ -65,3 +69,13 @@ def run_fuse_conv_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.erase_node(relu)
         modified = True
     return PassResult(gm, modified)
+
+
+def verify_fuse_conv_relu(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        if _conv_without_relu(node) and isinstance(_relu_user(gm, node), fx.Node):
+            return f"{node.name}: the ReLU after it is not fused"
+    return None
+
+
+FUSE_CONV_RELU = Pass(PASS, run_fuse_conv_relu, verify=verify_fuse_conv_relu)

@@ -11,7 +11,7 @@ float tensor); an ``F.linear`` of float input and ``dequantize_weight_grouped(..
 kernel takes float activations); and every ``F.embedding`` on a dequantized table becomes
 ``fxquant.embedding``, which dequantizes only the rows it gathers. The fused op reads the same int8
 buffers and computes the same function as the pattern it replaces (parity-tested against the
-reference kernels). Nodes left unfused get a reason in ``ctx.refusals["fuse"]``.
+reference kernels). Nodes left unfused get a reason in ``ctx.refusals["fuse_dequant_matmul"]``.
 Why: ``dequantize`` followed by a float matmul materialises the fp32 weight on every call, which
 is what made the seed document's int8 model 5.5x slower than fp32.
 
@@ -20,26 +20,38 @@ Each rewrite is pattern -> check -> rewrite; a check returns the reason it refus
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch.fx as fx
 
 from .. import ops
+from ..errors import PassError
 from ..graph import fetch_attr, kind_of, meta
-from .conv_args import BIAS, ConvGeometry, conv_arg, conv_geometry
-from .infra import PassContext, PassResult
+from .conv_args import BIAS, ConvGeometry, conv_geometry
+from .infra import Pass, PassContext, PassResult
+from .nodes import node_arg, record, target_of
 
-PASS = "fuse"
+PASS = "fuse_dequant_matmul"
+WeightArgs = tuple[fx.Node, fx.Node, fx.Node]  # codes, scale, zero_point (get_attr nodes)
 
 
-def _weight_args(node: fx.Node) -> tuple[fx.Node, ...] | str:
+def _weight_args(node: fx.Node) -> WeightArgs | str:
     """(codes, scale, zero_point) of a ``dequantize_weight`` along axis 0, or why not."""
     w = node.args[1] if len(node.args) > 1 else None
     if not isinstance(w, fx.Node) or w.target is not ops.dequantize_weight:
         return "weight is not an int8 dequantize"
     if w.args[3] != 0:
         return f"weight is quantized along axis {w.args[3]}, the kernels need axis 0"
-    return tuple(w.args[:3])
+    return node_arg(w, 0), node_arg(w, 1), node_arg(w, 2)
+
+
+def _accepted_weight(node: fx.Node) -> WeightArgs:
+    """The weight arguments of a node its check has accepted."""
+    weight = _weight_args(node)
+    if isinstance(weight, str):
+        raise PassError(f"{node.name}: rewritten although {weight}; this is an fxquant bug")
+    return weight
 
 
 def _activation_form(x: object) -> tuple[str, tuple]:
@@ -75,9 +87,9 @@ def check_linear(node: fx.Node) -> str | None:
     return weight if isinstance(weight, str) else None
 
 
-def _int8_linear(node: fx.Node, bias: object) -> tuple[object, tuple]:
+def _int8_linear(node: fx.Node, bias: object) -> tuple[Any, tuple]:
     """The fused op for a per-channel int8 weight, chosen by the form of the input."""
-    codes, scale, zp = _weight_args(node)
+    codes, scale, zp = _accepted_weight(node)
     form, act = _activation_form(node.args[0])
     if form == "dynamic":
         x, rr = act
@@ -96,8 +108,8 @@ def rewrite_linear(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     grouped = _grouped_args(node)
     if grouped is not None:
         codes, scale, zp, group_size = grouped
-        target, args = ops.linear_weight_only_grouped, (node.args[0], codes, scale, zp, bias,
-                                                       group_size)
+        target: Any = ops.linear_weight_only_grouped
+        args: tuple = (node.args[0], codes, scale, zp, bias, group_size)
     else:
         target, args = _int8_linear(node, bias)
     with gm.graph.inserting_before(node):
@@ -115,7 +127,7 @@ def check_embedding(node: fx.Node) -> str | None:
 
 
 def rewrite_embedding(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
-    codes, scale, zp = _weight_args(node)
+    codes, scale, zp = _accepted_weight(node)
     with gm.graph.inserting_before(node):
         return gm.graph.call_function(ops.embedding, (node.args[0], codes, scale, zp))
 
@@ -125,7 +137,9 @@ def _conv_geometry(node: fx.Node) -> ConvGeometry | str:
     if isinstance(weight, str):
         return weight
     gm = node.graph.owning_module
-    codes, scale = (fetch_attr(gm, str(w.target)) for w in weight[:2])
+    if gm is None:
+        return "the conv's graph belongs to no module"
+    codes, scale = (fetch_attr(gm, target_of(w)) for w in weight[:2])
     if tuple(scale.shape) != (codes.shape[0],):
         return "the int8 conv kernel needs one weight scale per output channel"
     return conv_geometry(node, tuple(codes.shape[2:]))
@@ -148,11 +162,13 @@ def check_conv(node: fx.Node) -> str | None:
 def rewrite_conv(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     """``F.conv*(act, dequantize_weight(...), bias, ...)`` -> ``conv_dynamic`` / ``conv_static``
     (ReLU not fused yet: ``fuse_conv_relu`` does that)."""
-    codes, scale, zp = _weight_args(node)
+    codes, scale, zp = _accepted_weight(node)
     g = cast(ConvGeometry, _conv_geometry(node))  # check_conv has accepted the node
     geometry = (g.stride, g.padding, g.dilation, g.groups, False)
-    bias = conv_arg(node, BIAS)
+    bias = node.args[BIAS] if len(node.args) > BIAS else None
     form, act = _activation_form(node.args[0])
+    target: Any
+    args: tuple
     if form == "dynamic":
         x, rr = act
         target, args = ops.conv_dynamic, (x, codes, scale, zp, bias, rr, *geometry)
@@ -163,7 +179,8 @@ def rewrite_conv(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
         return gm.graph.call_function(target, args)
 
 
-_RULES = {
+Rule = tuple[Callable[[fx.Node], "str | None"], Callable[[fx.GraphModule, fx.Node], fx.Node]]
+_RULES: dict[str, Rule] = {
     "linear": (check_linear, rewrite_linear),
     "conv": (check_conv, rewrite_conv),
     "embedding": (check_embedding, rewrite_embedding),
@@ -190,3 +207,14 @@ def run_fuse_dequant_matmul(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.erase_node(node)
         modified = True
     return PassResult(gm, modified)
+
+
+def verify_fuse_dequant_matmul(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        kind = kind_of(node)
+        if kind in _RULES and record(node).get("quantize") and _RULES[kind][0](node) is None:
+            return f"{node.name}: a {kind} the fused kernels take is left unfused"
+    return None
+
+
+FUSE_DEQUANT_MATMUL = Pass(PASS, run_fuse_dequant_matmul, verify=verify_fuse_dequant_matmul)

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 
 _MUL, _ADD = (operator.mul, torch.mul), (operator.add, torch.add)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -85,3 +85,11 @@ def run_fuse_gelu_tanh(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if changed:
         gm.graph.eliminate_dead_code()
     return PassResult(gm, changed)
+
+
+def verify_fuse_gelu_tanh(gm: fx.GraphModule) -> str | None:
+    left = [n.name for n in gm.graph.nodes if _gelu_input(n) is not None]
+    return f"GELU's tanh formula remains unfused at {left[0]}" if left else None
+
+
+FUSE_GELU_TANH = Pass("fuse_gelu_tanh", run_fuse_gelu_tanh, verify=verify_fuse_gelu_tanh)

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 import torch.fx as fx
 
 from ..algorithms.gptq import gptq_quantize
 from ..graph import fetch_attr, kind_of, meta
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 from .input_scaling import weight_observer, weight_target
+from .nodes import record
 
 PASS = "gptq"
 
 
-def _hessian_of(gm: fx.GraphModule, linear: fx.Node):
+def _hessian_of(gm: fx.GraphModule, linear: fx.Node) -> torch.Tensor:
     stats = fetch_attr(gm, meta(linear)["in_stats"])
     stats.require_data("weight_method='gptq'")
     return stats.hessian
@@ -58,3 +60,13 @@ def run_gptq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         meta(node)["gptq"] = {"damp": result.damp}
     # Codes are chosen here but stored by lower_to_int8: the graph is unchanged.
     return PassResult(gm, False)
+
+
+def verify_gptq(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        if "gptq" in record(node) and weight_observer(gm, node).precomputed is None:
+            return f"{node.name}: GPTQ ran but its weight observer holds no codes"
+    return None
+
+
+GPTQ = Pass(PASS, run_gptq, verify=verify_gptq)

@@ -17,22 +17,26 @@ Not a pass: ``smooth_quant`` and ``awq`` decide ``s``; this module applies it.
 from __future__ import annotations
 
 import operator
+from typing import TypeVar
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.node import Argument
 
 from ..algorithms.statistics import InputStatistics
 from ..errors import PassError
 from ..graph import add_buffer, fetch_attr, kind_of, meta
 from ..observers import MinMaxObserver, Observer, WeightObserver
+from .nodes import node_arg, target_of
 
-_NORM_FUNCTIONS = {
+M = TypeVar("M", bound=nn.Module)
+_NORM_FUNCTIONS: dict[object, tuple[str, ...]] = {
     F.layer_norm: ("weight", "bias"),
     torch.ops.aten.layer_norm.default: ("weight", "bias"),
 }
-_NORM_MODULES = (nn.LayerNorm,)
+_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm,)
 if hasattr(F, "rms_norm"):
     _NORM_FUNCTIONS[F.rms_norm] = ("weight",)
     _NORM_FUNCTIONS[torch.ops.aten.rms_norm.default] = ("weight",)
@@ -43,14 +47,15 @@ _ARG_INDEX = {"weight": 2, "bias": 3}
 
 
 def statistics_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, InputStatistics]]:
-    return [(n, fetch_attr(gm, n.target)) for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(fetch_attr(gm, n.target), InputStatistics)]
+    return [(n, fetch_attr(gm, target_of(n))) for n in gm.graph.nodes
+            if _observer(gm, n, InputStatistics) is not None]
 
 
-def _observer(gm: fx.GraphModule, node: fx.Node, cls: type) -> nn.Module | None:
-    if node.op != "call_module":
+def _observer(gm: fx.GraphModule, node: Argument, cls: type[M]) -> M | None:
+    """The module ``node`` calls when it is a ``cls``, else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_module":
         return None
-    module = fetch_attr(gm, node.target)
+    module = fetch_attr(gm, target_of(node))
     return module if isinstance(module, cls) else None
 
 
@@ -66,8 +71,8 @@ def scaled_linears(gm: fx.GraphModule, stats_node: fx.Node) -> list[fx.Node]:
 
 def weight_target(linear: fx.Node) -> str:
     """The get_attr target of a quantized linear's weight (behind its weight observer)."""
-    w = linear.args[1]
-    return str(w.args[0].target if w.op == "call_module" else w.target)
+    w = node_arg(linear, 1)
+    return target_of(node_arg(w, 0) if w.op == "call_module" else w)
 
 
 def weight_observer(gm: fx.GraphModule, linear: fx.Node) -> WeightObserver:
@@ -108,26 +113,32 @@ def _readers(gm: fx.GraphModule, tensor: torch.Tensor) -> int:
                if n.op == "get_attr" and fetch_attr(gm, n.target) is tensor)
 
 
-def _affine_of_function(gm: fx.GraphModule, node: fx.Node) -> list[tuple[nn.Module, str]] | None:
+def _affine_args(gm: fx.GraphModule, node: fx.Node) -> list[Argument] | None:
+    """The affine parameters a normalisation function (or the ``mul`` that ends one) applies, or
+    None when ``node`` is neither or has no weight."""
     names = _NORM_FUNCTIONS.get(node.target)
     if names is not None:
         args = [node.kwargs.get(name, node.args[_ARG_INDEX[name]]
                                 if len(node.args) > _ARG_INDEX[name] else None)
                 for name in names]
-        if args[0] is None:
-            return None
-        params = [a for a in args if a is not None]
-    elif node.target in _MULS and len(node.args) == 2:
+        return None if args[0] is None else [a for a in args if a is not None]
+    if node.target in _MULS and len(node.args) == 2:
         params = [a for a in node.args if isinstance(a, fx.Node) and a.op == "get_attr"]
-        if len(params) != 1 or fetch_attr(gm, params[0].target).dim() != 1:
-            return None
-    else:
+        if len(params) == 1 and fetch_attr(gm, target_of(params[0])).dim() == 1:
+            return list(params)
+    return None
+
+
+def _affine_of_function(gm: fx.GraphModule, node: fx.Node) -> list[tuple[nn.Module, str]] | None:
+    args = _affine_args(gm, node)
+    if args is None:
         return None
-    if not all(isinstance(p, fx.Node) and p.op == "get_attr" for p in params):
+    params = [a for a in args if isinstance(a, fx.Node) and a.op == "get_attr"]
+    if len(params) != len(args):
         return None
-    if any(_readers(gm, fetch_attr(gm, p.target)) != 1 for p in params):
+    if any(_readers(gm, fetch_attr(gm, target_of(p))) != 1 for p in params):
         return None
-    return [_owner(gm, str(p.target)) for p in params]
+    return [_owner(gm, target_of(p)) for p in params]
 
 
 def _foldable(gm: fx.GraphModule, stats_node: fx.Node) -> list[tuple[nn.Module, str]] | None:
@@ -137,7 +148,7 @@ def _foldable(gm: fx.GraphModule, stats_node: fx.Node) -> list[tuple[nn.Module, 
     if not isinstance(producer, fx.Node) or len(producer.users) != 1:
         return None
     if producer.op == "call_module":
-        module = fetch_attr(gm, producer.target)
+        module = fetch_attr(gm, target_of(producer))
         calls = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == producer.target]
         if not isinstance(module, _NORM_MODULES) or module.weight is None or len(calls) != 1:
             return None
@@ -154,9 +165,9 @@ def _divide_input(gm: fx.GraphModule, stats_node: fx.Node, s: torch.Tensor, sour
     if folded is not None and all(getattr(m, n).numel() == s.numel() for m, n in folded):
         for module, name in folded:
             _replace_tensor(module, name, getattr(module, name).detach() / s)
-        return f"folded into {stats_node.args[0].name}"
+        return f"folded into {node_arg(stats_node, 0).name}"
     target = add_buffer(gm, source, "smooth", (1.0 / s).contiguous())
-    x = stats_node.args[0]
+    x = node_arg(stats_node, 0)
     with gm.graph.inserting_before(stats_node):
         factor = gm.graph.get_attr(target)
         scaled = gm.graph.call_function(torch.mul, (x, factor))
@@ -181,7 +192,7 @@ def apply_input_scale(gm: fx.GraphModule, stats_node: fx.Node, linears: list[fx.
                       s: torch.Tensor) -> str:
     """Scale the weights of ``linears`` by ``s`` and their shared input by ``1 / s``; returns
     where the division went ("folded into <node>" or "mul")."""
-    stats = fetch_attr(gm, stats_node.target)
+    stats = fetch_attr(gm, target_of(stats_node))
     for target in dict.fromkeys(weight_target(lin) for lin in linears):
         owner, name = _owner(gm, target)
         _replace_tensor(owner, name, getattr(owner, name).detach() * s)

@@ -21,6 +21,8 @@ the graph back to the ordinary CONVERT passes.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.fx as fx
 
@@ -28,7 +30,8 @@ from ..fake_quantizers import ActivationFakeQuant, WeightFakeQuant
 from ..graph import add_module, fetch_attr, kind_of, meta
 from ..observers import Observer, WeightObserver
 from ..regions.shell import set_submodule
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import left_over, node_arg, target_of
 
 
 def transposed_base(gm: fx.GraphModule, target: str) -> str | None:
@@ -74,13 +77,13 @@ def _folded_parameters(gm: fx.GraphModule) -> None:
 
 
 def _fake_quant_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -> None:
-    weight = _trainable_weight(gm, node.args[0], node)
-    channels = (fetch_attr(gm, str(weight.target)) if weight.op == "get_attr"
-                else fetch_attr(gm, str(weight.args[0].target)).t()).shape[0]
+    weight = _trainable_weight(gm, node_arg(node, 0), node)
+    channels = (fetch_attr(gm, target_of(weight)) if weight.op == "get_attr"
+                else fetch_attr(gm, target_of(node_arg(weight, 0))).t()).shape[0]
     set_submodule(gm, str(node.target), WeightFakeQuant(observer, channels))
 
 
-def _dynamic_kind(ctx: PassContext, node: fx.Node) -> str:
+def _dynamic_kind(ctx: PassContext, node: fx.Node) -> Literal["dynamic", "dynamic_per_token"]:
     per_token = getattr(ctx.config, "per_token_activations", False)
     return "dynamic_per_token" if per_token and kind_of(node) == "linear" else "dynamic"
 
@@ -118,3 +121,11 @@ def run_insert_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if cfg.mode == "dynamic":
         modified |= _dynamic_activations(gm, ctx)
     return PassResult(gm, modified)
+
+
+def verify_insert_fake_quant(gm: fx.GraphModule) -> str | None:
+    return left_over(gm, (Observer, WeightObserver), "observer")
+
+
+INSERT_FAKE_QUANT = Pass("insert_fake_quant", run_insert_fake_quant,
+                         verify=verify_insert_fake_quant)

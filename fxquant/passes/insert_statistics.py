@@ -20,7 +20,8 @@ import torch.fx as fx
 from ..algorithms.statistics import InputStatistics
 from ..config import QuantConfig
 from ..graph import add_module, fetch_attr, kind_of, meta
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import record, target_of
 
 # Input rows kept per observer for AWQ's search (an upper bound on its cost and memory).
 AWQ_SAMPLES = 2048
@@ -35,9 +36,9 @@ def _weight_shared(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> str |
     weight = node.args[1]
     if not isinstance(weight, fx.Node) or weight.op != "get_attr":
         return "weight is not a parameter"
-    tensor = fetch_attr(gm, weight.target)
+    tensor = fetch_attr(gm, target_of(weight))
     readers = [n for n in gm.graph.nodes
-               if n.op == "get_attr" and fetch_attr(gm, n.target) is tensor
+               if n.op == "get_attr" and fetch_attr(gm, target_of(n)) is tensor
                for _ in n.users]
     elsewhere = ctx.weight_kinds.get(str(weight.target), set()) - {"linear"}
     if len(readers) > 1 or elsewhere:
@@ -68,3 +69,16 @@ def run_insert_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         meta(node).update(in_stats=inserted[x].target,
                           weight_shared=_weight_shared(gm, node, ctx))
     return PassResult(gm, bool(inserted))
+
+
+def verify_insert_statistics(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        stats = record(node).get("in_stats") if kind_of(node) == "linear" else None
+        x = node.args[0] if stats is not None else None
+        if isinstance(x, fx.Node) and not (x.op == "call_module" and x.target == stats):
+            return f"{node.name} does not read its input through {stats}"
+    return None
+
+
+INSERT_STATISTICS = Pass("insert_statistics", run_insert_statistics,
+                         verify=verify_insert_statistics)

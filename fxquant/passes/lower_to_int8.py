@@ -23,18 +23,22 @@ Why: it separates *what* the quantized model computes from *how fast* (fusion's 
 
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from .. import numerics, ops
 from ..algorithms.groupwise import GroupedWeight
 from ..graph import add_buffer, fetch_attr, kind_of, meta
 from ..observers import Observer, WeightObserver
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
+from .nodes import left_over, node_arg, record, target_of
+
+_DYNAMIC_QUANT = (ops.fake_quantize_dynamic, ops.fake_quantize_dynamic_per_token)
 
 
 def _lower_weight(gm: fx.GraphModule, node: fx.Node, observer: WeightObserver) -> None:
-    weight = node.args[0]
-    qw = observer.quantize(fetch_attr(gm, weight.target))  # GPTQ's codes, else round-to-nearest
+    weight = node_arg(node, 0)
+    qw = observer.quantize(fetch_attr(gm, target_of(weight)))  # GPTQ's codes, else round-to-nearest
     if isinstance(qw, GroupedWeight):
         codes_role = "w_int4" if qw.packed else "w_uint8"
         tensors = ((codes_role, qw.stored_codes()), ("w_scale", qw.scale),
@@ -59,7 +63,8 @@ def _lower_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer, rr:
     lo, hi = observer.quant_range()
     scale, zero_point = numerics.activation_qparams(lo, hi, rr)
     with gm.graph.inserting_before(node):
-        q = gm.graph.call_function(ops.quantize_activation, (node.args[0], scale, zero_point, rr))
+        q = gm.graph.call_function(ops.quantize_activation, (node_arg(node, 0), scale, zero_point,
+                                                             rr))
         dq = gm.graph.call_function(ops.dequantize_activation, (q, scale, zero_point))
     meta(q).update(range=(lo, hi), observer=type(observer).__name__, batches=observer.batches)
     # In lowering order: what a structural replay (fxquant.load) gives its observers back.
@@ -75,17 +80,18 @@ def _move_bias(gm: fx.GraphModule, node: fx.Node, moved: dict[str, str]) -> None
     bias = node.args[2] if len(node.args) > 2 else None
     if not isinstance(bias, fx.Node) or bias.op != "get_attr":
         return
-    if bias.target not in moved:
-        tensor = fetch_attr(gm, bias.target).detach()
-        moved[bias.target] = add_buffer(gm, meta(node)["source"], "bias", tensor)
+    name = target_of(bias)
+    if name not in moved:
+        tensor = fetch_attr(gm, name).detach()
+        moved[name] = add_buffer(gm, meta(node)["source"], "bias", tensor)
     with gm.graph.inserting_before(node):
-        node.replace_input_with(bias, gm.graph.get_attr(moved[bias.target]))
+        node.replace_input_with(bias, gm.graph.get_attr(moved[name]))
 
 
 def _insert_dynamic_quant(
     gm: fx.GraphModule, node: fx.Node, rr: bool, seen: dict, per_token: bool = False
 ) -> None:
-    x = node.args[0]
+    x = node_arg(node, 0)
     op = ops.fake_quantize_dynamic_per_token if per_token else ops.fake_quantize_dynamic
     if (x, op) not in seen:
         with gm.graph.inserting_before(node):
@@ -99,7 +105,7 @@ def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
-        module = fetch_attr(gm, node.target)
+        module = fetch_attr(gm, target_of(node))
         if isinstance(module, WeightObserver):
             _lower_weight(gm, node, module)
         elif isinstance(module, Observer):
@@ -116,3 +122,28 @@ def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                 per_token = ctx.config.per_token_activations and kind_of(node) == "linear"
                 _insert_dynamic_quant(gm, node, rr, dynamic_inputs, per_token)
     return PassResult(gm, modified)
+
+
+def _unlowered(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    if node.target is ops.dequantize_weight:
+        codes = fetch_attr(gm, target_of(node_arg(node, 0)))
+        if codes.dtype != torch.int8:
+            return f"reads {codes.dtype} codes, not int8"
+    info = record(node)
+    dynamic = info.get("quantize") and info.get("mode") == "dynamic"
+    if dynamic and kind_of(node) in ("linear", "conv"):
+        x = node.args[0]
+        if not (isinstance(x, fx.Node) and x.target in _DYNAMIC_QUANT):
+            return "dynamic mode, but its input is not quantized per call"
+    return None
+
+
+def verify_lower_to_int8(gm: fx.GraphModule) -> str | None:
+    for node in gm.graph.nodes:
+        why = _unlowered(gm, node)
+        if why is not None:
+            return f"{node.name}: {why}"
+    return left_over(gm, (Observer, WeightObserver), "observer")
+
+
+LOWER_TO_INT8 = Pass("lower_to_int8", run_lower_to_int8, verify=verify_lower_to_int8)

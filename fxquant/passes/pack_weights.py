@@ -30,7 +30,7 @@ import torch.fx as fx
 from .. import ops
 from ..graph import fetch_attr, meta
 from ..kernels import fbgemm, weight_only
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 
 PASS = "pack_weights"
 _PACKED = "packed"  # gm.meta["fxquant"][_PACKED]: {attribute: PackedLinear}
@@ -332,3 +332,6 @@ def portable_model(model: torch.nn.Module) -> torch.nn.Module:
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
 PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, linear_weight_only_packed)
+
+
+PACK_WEIGHTS = Pass(PASS, run_pack_weights)

@@ -23,7 +23,7 @@ import torch.fx as fx
 
 from ..algorithms.smoothing import smoothquant_scales
 from ..graph import fetch_attr, meta
-from .infra import PassContext, PassResult
+from .infra import Pass, PassContext, PassResult
 from .input_scaling import (
     apply_input_scale,
     refusal_reason,
@@ -57,3 +57,8 @@ def run_smooth_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             meta(lin)["smoothquant"] = {"alpha": alpha, "input": where}
         modified = True
     return PassResult(gm, modified)
+
+
+# The float function is unchanged: tested numerically (tests/passes/test_smooth_quant.py), too
+# costly to check between passes.
+SMOOTH_QUANT = Pass(PASS, run_smooth_quant)

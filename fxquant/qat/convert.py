@@ -8,17 +8,14 @@ import torch.fx as fx
 from torch import nn
 
 from .. import passes
-from ..record import attach, record_of
+from ..record import attach, record_of, stage_of
 from ..regions.shell import set_submodule, share_copy
 from .prepare import QAT_STAGE, fake_quantizers, graphs
 
 
 def is_qat_model(model: nn.Module) -> bool:
     """Whether ``model`` was returned by :func:`fxquant.prepare_qat`."""
-    if isinstance(model, fx.GraphModule):
-        return model.meta.get("fxquant", {}).get("stage") == QAT_STAGE
-    record = record_of(model)
-    return record is not None and record.stage == QAT_STAGE
+    return stage_of(model) == QAT_STAGE
 
 
 def _batches_seen(model: nn.Module) -> int:

@@ -229,8 +229,8 @@ def error_report(
     layers = quantized_layers(qmodel)
     found = onnx_layers(onnx_path, layers) if onnx_path is not None else {}
     missing = {name: f"ONNX: {why}" for name, why in found.items() if isinstance(why, str)}
-    state = {layer.name: _Layer(layer, None if isinstance(found.get(layer.name), str)
-                                else found.get(layer.name)) for layer in layers}
+    runnable = {name: cut for name, cut in found.items() if isinstance(cut, OnnxLayer)}
+    state = {layer.name: _Layer(layer, runnable.get(layer.name)) for layer in layers}
     seen: dict[str, list] = {}
     handles, unhooked = _hooks(float_model, state, seen)
     missing.update(unhooked)

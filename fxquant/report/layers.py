@@ -10,8 +10,9 @@ inside ``ops.reference_kernels()`` it is the fake-quant simulation of it (the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -42,7 +43,7 @@ class QuantLayer:
             return _evaluate(self.graph_module, self.node, self.node.args[0], x)
 
 
-def _evaluate(gm: fx.GraphModule, value: Any, act: fx.Node, x: torch.Tensor) -> Any:
+def _evaluate(gm: fx.GraphModule, value: Any, act: fx.node.Argument, x: torch.Tensor) -> Any:
     """``value`` (a node or an argument structure) with ``act`` set to ``x``."""
     if isinstance(value, fx.Node):
         if value is act:
@@ -52,7 +53,8 @@ def _evaluate(gm: fx.GraphModule, value: Any, act: fx.Node, x: torch.Tensor) -> 
         if value.op == "call_function":
             args = _evaluate(gm, value.args, act, x)
             kwargs = {k: _evaluate(gm, v, act, x) for k, v in value.kwargs.items()}
-            return value.target(*args, **kwargs)
+            fn = cast(Callable[..., Any], value.target)  # a call_function's target is callable
+            return fn(*args, **kwargs)
         raise FxQuantError(f"{value.name} ({value.op}) cannot be evaluated on its own")
     if isinstance(value, (list, tuple)):
         return type(value)(_evaluate(gm, v, act, x) for v in value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,7 +36,7 @@ class OnnxLayer:
     input: str
     output: str
     input_rank: int
-    session: object
+    session: Any  # an onnxruntime.InferenceSession (onnxruntime ships no types)
 
     def run(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The layer's output on ``x`` (flattened to the file's rank), shaped like ``like``."""

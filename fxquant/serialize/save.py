@@ -23,7 +23,7 @@ from torch import nn
 
 from .._version import __version__
 from ..errors import SaveLoadError
-from ..record import QuantRecord, record_of
+from ..record import QuantRecord, record_of, stage_of
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -52,8 +52,7 @@ def versions() -> dict[str, str]:
 def _converted_record(model: nn.Module) -> QuantRecord:
     record = record_of(model)
     if record is None or record.stage != "converted":
-        stage = record.stage if record else getattr(model, "meta", {}).get("fxquant", {}).get(
-            "stage")
+        stage = stage_of(model)
         what = f"an observed model ({stage}: call fxquant.convert first)" if stage else (
             f"a {type(model).__name__} that fxquant did not quantize")
         raise SaveLoadError(

@@ -38,7 +38,11 @@ def _to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Par
 def meta_parameters() -> Iterator[None]:
     """Within this block, modules register their parameters on the meta device (their buffers
     stay where the module's code puts them). The hook is process-wide while the block runs."""
-    handle = nn.modules.module.register_module_parameter_registration_hook(_to_meta)
+    # torch types the hook as returning None, but its docstring and code take a returned parameter
+    # as the replacement, which is the point here.
+    handle = nn.modules.module.register_module_parameter_registration_hook(
+        _to_meta  # type: ignore[arg-type]
+    )
     try:
         yield
     finally:

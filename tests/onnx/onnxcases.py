@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.models import (
+from tests.models import (
     BertEncoder,
     DecoderConfig,
     EncoderConfig,

@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 
 import fxquant
-from benchmarks.models import BertEncoder, EncoderConfig, make_inputs
+from tests.models import BertEncoder, EncoderConfig, make_inputs
 from fxquant import QuantConfig
 from fxquant.onnx_export import read_metadata
 

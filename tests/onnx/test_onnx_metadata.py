@@ -35,7 +35,7 @@ def test_metadata_round_trips_the_config(exported, mode):
     assert meta["fxquant.weight_granularity"] == "per_channel"
     assert meta["fxquant.weight_symmetric"] == "true"
     assert meta["fxquant.quantized_weights"] == "14"  # 12 linears + 2 embedding tables
-    # fxquant's default 7-bit weights cannot saturate ONNX Runtime's kernel: int8, its pattern.
+    # fxquant's default pair-safe 8-bit weights cannot saturate ONNX Runtime's kernel: int8.
     assert meta["fxquant.matmul_weights"] == ("none" if mode == "weight_only" else "int8")
     if mode == "static":
         assert meta["fxquant.calibration_method"] == "minmax"

@@ -25,7 +25,7 @@ from torch import nn
 
 import fxquant
 from fxquant import ops
-from fxquant.onnx_export.reference import export_reference, float_activation_reference
+from fxquant.onnx_export.twin import export_reference, float_activation_reference
 from fxquant.passes.pack_weights import portable_model
 from fxquant.onnx_export.validate import BOUNDS, check_output
 

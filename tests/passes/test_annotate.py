@@ -57,7 +57,7 @@ def _annotate(config: QuantConfig):
         code_before = gm.code
         return result
 
-    gm = passes.run_passes(gm, (canonical_then_snapshot, passes.run_annotate), ctx)
+    gm = passes.run_passes(gm, (canonical_then_snapshot, passes.ANNOTATE), ctx)
     gm.graph.lint()
     assert gm.code == code_before  # annotation changes metadata only
     return gm, ctx

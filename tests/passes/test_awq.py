@@ -18,7 +18,7 @@ AWQ = QuantConfig(**W4, weight_method="awq")
 
 def test_awq_scales_fold_or_multiply_and_keep_the_float_function():
     model = PreNorm().eval()
-    gm = run_until(model, AWQ, passes.run_drop_statistics)
+    gm = run_until(model, AWQ, passes.DROP_STATISTICS)
     info = {n.meta["fxquant"]["source"]: n.meta["fxquant"]["awq"] for n in gm.graph.nodes
             if "awq" in n.meta.get("fxquant", {})}
     assert set(info) == {"q", "k", "fc", "out"}

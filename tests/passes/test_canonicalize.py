@@ -37,7 +37,7 @@ def _canonicalize(model: nn.Module, inputs: tuple, config: QuantConfig | None = 
     config = config or QuantConfig()
     gm = capture(model, inputs, config)
     ctx = passes.PassContext(config=config, example_inputs=inputs)
-    return passes.run_passes(gm, (passes.run_canonicalize,), ctx), ctx
+    return passes.run_passes(gm, (passes.CANONICALIZE,), ctx), ctx
 
 
 def _ids() -> tuple[torch.Tensor]:

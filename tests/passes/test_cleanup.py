@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, make_inputs
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, passes
 from fxquant.graph import ROLES
 from fxquant.observers import Observer, WeightObserver
@@ -100,4 +100,4 @@ def test_surviving_observer_is_an_error():
     ctx = passes.PassContext(config=config, example_inputs=_ids())
     gm = passes.run_passes(gm, passes.PREPARE, ctx)  # observers inserted, never lowered
     with pytest.raises(fxquant.PassError, match=r"observer fxq\.\w+_w_obs survived lowering"):
-        passes.run_passes(gm, (passes.run_cleanup,), ctx)
+        passes.run_passes(gm, (passes.CLEANUP,), ctx)

@@ -12,7 +12,7 @@ import fxquant
 from fxquant import QuantConfig, numerics, passes
 from fxquant.graph import fetch_attr
 
-FOLD = (passes.run_canonicalize, passes.run_fold_batchnorm)
+FOLD = (passes.CANONICALIZE, passes.FOLD_BATCHNORM)
 
 
 def _trained(bn: nn.Module) -> nn.Module:

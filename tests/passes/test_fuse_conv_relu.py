@@ -69,8 +69,8 @@ def _relus(gm: fx.GraphModule) -> list[fx.Node]:
 def test_every_relu_spelling_fuses(mode, capture):
     config = QuantConfig(mode=mode, capture=capture)
     model = Spellings().eval()
-    unfused, _ = _run(model, config, passes.run_fuse_dequant_matmul)
-    fused, ctx = _run(model, config, passes.run_fuse_conv_relu)
+    unfused, _ = _run(model, config, passes.FUSE_DEQUANT_MATMUL)
+    fused, ctx = _run(model, config, passes.FUSE_CONV_RELU)
     assert [n.args[-1] for n in _convs(unfused)] == [False] * 7
     assert [n.args[-1] for n in _convs(fused)] == [True] * 6 + [False]
     (left,) = _relus(fused)  # the ReLU of the conv with two users
@@ -84,13 +84,13 @@ def test_every_relu_spelling_fuses(mode, capture):
 
 
 def test_other_activations_and_weight_only_convs_are_left_alone():
-    gm, ctx = _run(Relu6().eval(), QuantConfig(), passes.run_fuse_conv_relu)
+    gm, ctx = _run(Relu6().eval(), QuantConfig(), passes.FUSE_CONV_RELU)
     (conv,) = _convs(gm)
     assert conv.args[-1] is False and "fuse_conv_relu" not in ctx.refusals
-    gm, _ = _run(Spellings().eval(), QuantConfig(mode="weight_only"), passes.run_fuse_conv_relu)
+    gm, _ = _run(Spellings().eval(), QuantConfig(mode="weight_only"), passes.FUSE_CONV_RELU)
     assert _convs(gm) == [] and len(_relus(gm)) == 7
 
 
 def test_nothing_left_to_fuse_reports_unmodified():
-    gm, ctx = _run(Spellings().eval(), QuantConfig(), passes.run_fuse_conv_relu)
+    gm, ctx = _run(Spellings().eval(), QuantConfig(), passes.FUSE_CONV_RELU)
     assert passes.run_fuse_conv_relu(gm, ctx).modified is False

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, make_inputs
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, ops, passes
 from fxquant.graph import fetch_attr
 
@@ -69,7 +69,7 @@ def _source(node: fx.Node) -> str | None:
 @pytest.mark.parametrize("mode", ["dynamic", "static", "weight_only"])
 def test_quantized_linears_become_one_fused_op(mode):
     gm, _ = run_upto(Net().eval(), _ids(), QuantConfig(mode=mode, skip=("skipped",)),
-                     passes.run_fuse_dequant_matmul)
+                     passes.FUSE_DEQUANT_MATMUL)
     fused = _calls(gm, FUSED[mode])
     assert sorted(_source(n) for n in fused) == ["fc1", "fc2"]
     for other in set(FUSED.values()) - {FUSED[mode]}:
@@ -97,7 +97,7 @@ def test_quantized_linears_become_one_fused_op(mode):
 
 def test_negative_cases_stay_unfused():
     gm, ctx = run_upto(Net().eval(), _ids(), QuantConfig(skip=("skipped",)),
-                       passes.run_fuse_dequant_matmul)
+                       passes.FUSE_DEQUANT_MATMUL)
     linears = {_source(n) or "computed": n for n in _calls(gm, F.linear)}
     # The skipped layer: F.linear on its float weight and an unquantized input.
     skipped = linears.pop("skipped")
@@ -118,22 +118,24 @@ def test_negative_cases_stay_unfused():
     (conv,) = _calls(gm, ops.conv_dynamic)
     assert conv.args[0].target == "transpose"
 
-    assert ctx.refusals["fuse"] == [(kw.name, "F.linear called with keyword arguments")]
+    assert ctx.refusals["fuse_dequant_matmul"] == [(kw.name,
+                                                    "F.linear called with keyword arguments")]
 
 
 def test_weight_only_conv_stays_dequantize_plus_conv():
     gm, ctx = run_upto(Net().eval(), _ids(), QuantConfig(mode="weight_only"),
-                       passes.run_fuse_dequant_matmul)
+                       passes.FUSE_DEQUANT_MATMUL)
     (conv,) = _calls(gm, F.conv1d)
     assert conv.args[1].target is ops.dequantize_weight
     assert (conv.name, "weight-only conv: no int8 conv kernel takes float activations; "
-            "dequantize + conv") in ctx.refusals["fuse"]
+            "dequantize + conv") in ctx.refusals["fuse_dequant_matmul"]
 
 
 def test_refusals_reach_the_converted_model():
     qmodel = fxquant.quantize(Net().eval(), _ids())
     refusals = qmodel.meta["fxquant"]["refusals"]
-    assert [reason for _, reason in refusals["fuse"]] == ["F.linear called with keyword arguments"]
+    assert [reason for _, reason in refusals["fuse_dequant_matmul"]] == [
+        "F.linear called with keyword arguments"]
     assert any(r == "weight is computed in the graph, not a parameter"
                for _, r in refusals["annotate"])
 
@@ -142,8 +144,8 @@ def test_refusals_reach_the_converted_model():
 def test_fused_graph_computes_what_the_lowered_graph_computes(mode):
     config = QuantConfig(mode=mode)
     model = Net().eval()
-    lowered, _ = run_upto(model, _ids(), config, passes.run_lower_to_int8)
-    fused, _ = run_upto(model, _ids(), config, passes.run_fuse_dequant_matmul)
+    lowered, _ = run_upto(model, _ids(), config, passes.LOWER_TO_INT8)
+    fused, _ = run_upto(model, _ids(), config, passes.FUSE_DEQUANT_MATMUL)
     ids = _ids(7)[0]
     with torch.no_grad(), ops.reference_kernels():
         expected, got = lowered(ids), fused(ids)
@@ -153,7 +155,7 @@ def test_fused_graph_computes_what_the_lowered_graph_computes(mode):
 def test_tied_embedding_and_lm_head_share_one_int8_buffer():
     model = GPT2Decoder(DEC, seed=0)
     gm, _ = run_upto(model, make_inputs("gpt2", 2, 8, cfg=DEC), QuantConfig(),
-                     passes.run_fuse_dequant_matmul)
+                     passes.FUSE_DEQUANT_MATMUL)
     (emb,) = [n for n in _calls(gm, ops.embedding) if n.args[1].target.startswith("fxq.wte")]
     head = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     assert head.target is ops.linear_dynamic
@@ -166,6 +168,6 @@ def test_tied_embedding_and_lm_head_share_one_int8_buffer():
 
 
 def test_nothing_to_fuse_reports_unmodified():
-    gm, ctx = run_upto(Net().eval(), _ids(), QuantConfig(), passes.run_fuse_dequant_matmul)
+    gm, ctx = run_upto(Net().eval(), _ids(), QuantConfig(), passes.FUSE_DEQUANT_MATMUL)
     result = passes.run_fuse_dequant_matmul(gm, ctx)
     assert result.modified is False

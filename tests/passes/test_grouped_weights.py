@@ -42,7 +42,7 @@ def test_annotate_gives_each_linear_its_group_or_the_reason_it_has_none():
     groups = {n.meta["fxquant"]["source"]: n.meta["fxquant"].get("group_size")
               for n in observed.graph.nodes if n.meta.get("fxquant", {}).get("kind") == "linear"}
     assert groups == {"fc1": 32, "fc2": 32, "fc3": None}
-    refusals = dict(observed.meta["fxquant"]["refusals"]["group"])
+    refusals = dict(observed.meta["fxquant"]["refusals"]["annotate"])
     assert refusals == {
         "embedding": "group-wise weights are for linears; this embedding keeps one scale per "
                      "output channel",
@@ -120,8 +120,9 @@ def test_fusion_refuses_group_wise_weights_with_quantized_activations():
         fq = gm.graph.call_function(ops.fake_quantize_dynamic, (fc1.args[0], False))
     fc1.replace_input_with(fc1.args[0], fq)
     ctx = passes.PassContext(config=_config())
-    passes.run_passes(gm, (passes.run_fuse_dequant_matmul,), ctx)
-    assert any("group-wise weight with dynamic" in why for _, why in ctx.refusals["fuse"])
+    passes.run_passes(gm, (passes.FUSE_DEQUANT_MATMUL,), ctx)
+    assert any("group-wise weight with dynamic" in why
+               for _, why in ctx.refusals["fuse_dequant_matmul"])
 
 
 def test_a_single_layer_region_still_answers_its_float_weight():

@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch import nn
 
 import fxquant
-from benchmarks.models import DecoderConfig, GPT2Decoder, make_inputs
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, passes
 from fxquant.graph import fetch_attr, kind_of
 from fxquant.observers import (

@@ -39,7 +39,7 @@ def lower(model: nn.Module, inputs: tuple, config: QuantConfig) -> fx.GraphModul
     gm = fxquant.capture(model, inputs, config)
     ctx = passes.PassContext(config=config, example_inputs=inputs,
                              calibration=[_ids(s) for s in range(1, 4)])
-    upto = passes.PIPELINE[: passes.PIPELINE.index(passes.run_lower_to_int8) + 1]
+    upto = passes.PIPELINE[: passes.PIPELINE.index(passes.LOWER_TO_INT8) + 1]
     gm = passes.run_passes(gm, upto, ctx)
     gm.graph.lint()
     return gm

@@ -36,7 +36,7 @@ def _x(seed=0):
 def test_linears_quantize_their_input_per_token_convs_per_tensor():
     gm = fxquant.prepare(Net().eval(), _x(), PT)
     ctx = passes.PassContext(config=PT)
-    upto = passes.CONVERT[: passes.CONVERT.index(passes.run_lower_to_int8) + 1]
+    upto = passes.CONVERT[: passes.CONVERT.index(passes.LOWER_TO_INT8) + 1]
     gm = passes.run_passes(gm, upto, ctx)
     (pt,) = calls(gm, ops.fake_quantize_dynamic_per_token)  # shared by q and k
     assert {u.meta["fxquant"]["source"] for u in pt.users} == {"q", "k"}

@@ -96,3 +96,33 @@ def test_gelu_lookalikes_stay_as_written(model):
     before = _targets(gm)
     assert not run_fuse_gelu_tanh(gm, None).modified  # type: ignore[arg-type]
     assert _targets(gm) == before
+
+
+class TwoConv1D(nn.Module):
+    """Conv1D straight into Conv1D: the first one's unflatten view is the second one's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = Conv1D(48, 32), Conv1D(32, 48)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_back_to_back_conv1d_layers_both_lose_their_views():
+    x = torch.randn(2, 3, 32)
+    q = fxquant.quantize(TwoConv1D().eval(), (x,))
+    assert "view" not in _targets(q)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), fxquant.portable(q)(x), rtol=0, atol=1e-5)
+
+
+def test_runtime_trims_verify_what_they_guarantee():
+    from fxquant.passes import DROP_LINEAR_RESHAPES, FUSE_GELU_TANH
+
+    gm = fx.symbolic_trace(NewGELUActivation())
+    assert "GELU" in FUSE_GELU_TANH.verify(gm)  # type: ignore[misc]
+    run_fuse_gelu_tanh(gm, None)  # type: ignore[arg-type]
+    assert FUSE_GELU_TANH.verify(gm) is None  # type: ignore[misc]
+    q = fxquant.quantize(HFMlp().eval(), (torch.randn(1, 2, 32),))
+    assert DROP_LINEAR_RESHAPES.verify(q) is None  # type: ignore[misc]

@@ -32,14 +32,14 @@ def test_statistics_sit_on_each_distinct_linear_input_and_are_dropped():
     # q and k share the LayerNorm's output: one observer; fc and out: one each.
     assert [n.target for n in stats] == ["fxq.q_in_stats", "fxq.fc_in_stats", "fxq.out_in_stats"]
     assert len(stats[0].users) == 2
-    gm = run_until(PreNorm().eval(), SQ, passes.run_drop_statistics)
+    gm = run_until(PreNorm().eval(), SQ, passes.DROP_STATISTICS)
     assert not any(n.op == "call_module" and isinstance(fetch_attr(gm, n.target), InputStatistics)
                    for n in gm.graph.nodes)
 
 
 def test_layer_norm_feeding_only_linears_absorbs_the_division():
     model = PreNorm().eval()
-    gm = run_until(model, SQ, passes.run_smooth_quant)
+    gm = run_until(model, SQ, passes.SMOOTH_QUANT)
     info = _smoothed(gm)
     assert info["q"] == info["k"] == {"alpha": 0.5, "input": "folded into ln"}
     # fc reads a product, out a ReLU: explicit multiplies by 1/s, one buffer each.
@@ -57,7 +57,7 @@ def test_layer_norm_feeding_only_linears_absorbs_the_division():
 @pytest.mark.parametrize("alpha", [0.5, 0.8])
 def test_smoothed_graph_computes_the_float_function(model_cls, alpha):
     model = model_cls().eval()
-    gm = run_until(model, SQ.replace(smoothquant_alpha=alpha), passes.run_drop_statistics)
+    gm = run_until(model, SQ.replace(smoothquant_alpha=alpha), passes.DROP_STATISTICS)
     x = batches(seed=7)[0][0]
     with torch.no_grad():
         assert rel(gm(x), model(x)) < 1e-5
@@ -65,7 +65,7 @@ def test_smoothed_graph_computes_the_float_function(model_cls, alpha):
 
 def test_layer_norm_read_by_the_residual_too_gets_an_explicit_multiply():
     model = PostNorm().eval()
-    gm = run_until(model, SQ, passes.run_smooth_quant)
+    gm = run_until(model, SQ, passes.SMOOTH_QUANT)
     assert _smoothed(gm) == {"fc": {"alpha": 0.5, "input": "mul"}}
     assert torch.equal(gm.ln.weight, model.ln.weight)  # not folded
     (mul,) = calls(gm, torch.mul)
@@ -100,7 +100,7 @@ def test_what_must_not_be_smoothed_stays_untouched():
 
 
 def test_off_by_default_no_statistics_no_change():
-    gm = run_until(PreNorm().eval(), QuantConfig(), passes.run_drop_statistics)
+    gm = run_until(PreNorm().eval(), QuantConfig(), passes.DROP_STATISTICS)
     assert not calls(gm, torch.mul)
     assert not [n for n in gm.graph.nodes if "in_stats" in str(n.target)]
 
@@ -108,7 +108,7 @@ def test_off_by_default_no_statistics_no_change():
 def test_static_ranges_are_those_of_the_smoothed_input():
     config = QuantConfig(mode="static", smoothquant_alpha=0.5)
     model = PreNorm().eval()
-    gm = run_until(model, config, passes.run_smooth_quant)
+    gm = run_until(model, config, passes.SMOOTH_QUANT)
     # Re-observe the smoothed graph from scratch: the derived ranges must be the measured ones.
     derived = {n.target: (fetch_attr(gm, n.target).min_val, fetch_attr(gm, n.target).max_val)
                for n in gm.graph.nodes if n.op == "call_module"

@@ -132,3 +132,32 @@ def test_fxquant_api_is_what_runs(mlp, tmp_path):
     fxquant.export_onnx(exporter.exported_model, tmp_path / "b.onnx", x)
     a, b = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "b.onnx"))
     assert a.graph == b.graph
+
+
+def test_the_file_is_written_once_and_not_read_back(mlp, tmp_path, monkeypatch):
+    # export_onnx writes model_name itself: nothing loads, edits or re-saves the file after it,
+    # and validate_export takes the names and mode from the export's result.
+    exporter = ONNXExporter(convert_to_real_quant(mlp), model_name="once")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the exported file was loaded or saved again")
+
+    monkeypatch.setattr(onnx, "save", refuse)
+    monkeypatch.setattr(onnx, "save_model", refuse)
+    path = tmp_path / "once.onnx"
+    exporter.export(path, input_shape=(1, 784))
+    monkeypatch.setattr(onnx, "load", refuse)
+    report = exporter.validate_export(path, input_shape=(4, 784))
+    assert report["passed"] and report["mode"] == "dynamic" and report["batch_sizes"] == [2, 4]
+    monkeypatch.undo()
+    assert fxquant.onnx_info(path)["metadata"]["model_name"] == "once"
+
+
+def test_stage_of_reads_graph_modules_and_region_models(mlp):
+    from fxquant.record import stage_of
+
+    x = torch.randn(2, 784)
+    observed = fxquant.prepare(mlp, (x,))
+    assert stage_of(observed) == "prepared"
+    assert stage_of(fxquant.convert(observed)) == "converted"
+    assert stage_of(mlp) is None

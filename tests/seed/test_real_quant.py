@@ -221,7 +221,7 @@ def test_convert_a_lone_linear_and_refuse_a_quantized_model():
 @pytest.mark.parametrize("bits", [4, 8])
 def test_compression_of_the_document_model(mlp, bits):
     qmodel = convert_to_real_quant(mlp, bits=bits)
-    from fxquant.utils import model_size_bytes
+    from fxquant.measure import model_size_bytes
 
     assert model_size_bytes(mlp) / model_size_bytes(qmodel) >= 3.9
 

@@ -1,4 +1,5 @@
-"""fxquant.utils: the document's symmetric_quantize, and how models are measured."""
+"""The seed toolkit's helpers: the document's ``fxquant.utils.symmetric_quantize``, batches, and
+how models are measured (fxquant.measure)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,9 @@ from torch import nn
 
 from fxquant import numerics
 from fxquant.real_quant import convert_to_real_quant
-from fxquant.utils import (
-    MB,
-    batch_inputs,
-    eval_mode,
-    model_size_bytes,
-    peak_memory_mb,
-    symmetric_quantize,
-    time_models,
-)
+from fxquant.batches import batch_inputs
+from fxquant.measure import MB, eval_mode, model_size_bytes, peak_memory_mb, time_models
+from fxquant.utils import symmetric_quantize
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -1,4 +1,4 @@
-"""Small-config checks for benchmarks/models.py: fx-traceable, shape-general,
+"""Small-config checks for tests/models.py: fx-traceable, shape-general,
 GPT-2 weight tying, causal masking, BERT padding mask."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from benchmarks.models import (  # tests/conftest.py puts the repo root on sys.path
+from tests.models import (  # tests/conftest.py puts the repo root on sys.path
     BertEncoder,
     DecoderConfig,
     EncoderConfig,

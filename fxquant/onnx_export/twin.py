@@ -15,9 +15,11 @@ file describes, so ONNX Runtime's output can be held to a tight bound against it
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from .. import ops
 from ..graph import CONV_FNS, fetch_attr
@@ -97,11 +99,11 @@ def export_reference(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def _linear_dynamic_float(x, codes, scale, zero_point, bias, reduce_range):
-    return kernels.linear_int8_weight(x, codes, scale, zero_point, bias)
+    return kernels.linear_weight_only(x, codes, scale, zero_point, bias)
 
 
 def _linear_static_float(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias):
-    return kernels.linear_int8_weight(x, codes, scale, zero_point, bias)
+    return kernels.linear_weight_only(x, codes, scale, zero_point, bias)
 
 
 def _conv_float(x, codes, scale, zero_point, bias, stride, padding, dilation, groups, relu):
@@ -151,3 +153,33 @@ def float_activation_reference(gm: fx.GraphModule) -> fx.GraphModule:
             node.target = table[node.target]
     floats.recompile()
     return floats
+
+
+# --- the same, for a model holding converted GraphModules (regions) ---------------------------
+
+
+def _replace_converted(
+    model: nn.Module, converted: tuple[tuple[str, fx.GraphModule], ...],
+    transform: Callable[[fx.GraphModule], nn.Module],
+) -> nn.Module:
+    if len(converted) == 1 and converted[0][0] == "":
+        return transform(converted[0][1])
+    out = copy.deepcopy(model)
+    for name, gm in converted:
+        parent_name, _, child = name.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        setattr(parent, child, transform(gm))
+    return out
+
+
+def twin_of(model: nn.Module, converted: tuple[tuple[str, fx.GraphModule], ...]) -> nn.Module:
+    """The export twin of ``model``: each converted GraphModule inside replaced by its twin."""
+    return _replace_converted(model, converted, export_reference)
+
+
+def float_twin_of(model: nn.Module, converted: tuple[tuple[str, fx.GraphModule], ...]
+                  ) -> nn.Module:
+    """The twin with float activations: each converted GraphModule's activation quantizers
+    removed (the unit of :func:`.validate.validate_cases`)."""
+    return _replace_converted(
+        model, converted, lambda gm: float_activation_reference(export_reference(gm)))

@@ -38,7 +38,8 @@ from .metadata import accuracy_metadata, build_metadata, read_metadata, write_me
 from .scheme import resolve_scheme
 from .spec import ExportSpec, plain_spec
 from .trace import trace_to_onnx
-from .validate import ValidationReport, float_twin_of, twin_of, validate_cases
+from .twin import float_twin_of, twin_of
+from .validate import ValidationReport, validate_cases
 from .versions import DEFAULT_OPSET
 from .write import staged
 
@@ -98,6 +99,8 @@ def export_onnx(
     kv_cache: bool | None = None,
     all_logits: bool = False,
     external_data: bool | None = None,
+    metadata: Mapping[str, str] | None = None,
+    quantization_info: bool = True,
 ) -> ExportResult:
     """Export a model quantized by fxquant (any mode) as a standard ONNX file.
 
@@ -138,6 +141,11 @@ def export_onnx(
             scoring) instead of the last one ([batch, 1, vocab], what generation reads).
         external_data: write the tensors to ``<path>.data`` beside the model file (ONNX external
             data); None: only when they exceed what one protobuf holds (2 GB).
+        metadata: more ``metadata_props`` to write (string keys and values, e.g.
+            ``{"model_name": "mnist"}``); they win over fxquant's keys of the same name.
+        quantization_info: write fxquant's description of the quantization (the ``fxquant.*``
+            ``metadata_props`` of docs/onnx.md and ``graph.quantization_annotation``). False
+            writes only ``metadata``; the graph is the same.
 
     Returns:
         an :class:`ExportResult` (path, size, names, and the validation report if requested).
@@ -165,13 +173,17 @@ def export_onnx(
                               input_names=spec.input_names, output_names=spec.output_names,
                               dynamic_axes=spec.axes)
     lowered = lower_placeholders(proto, _sources(subject, spec.root), scheme)
-    _describe(proto, subject, lowered, spec.metadata)
+    described = _describe_model(proto, subject, lowered, spec.metadata)
+    if quantization_info:
+        write_metadata(proto, {**described, **(metadata or {})}, lowered.annotations)
+    else:
+        write_metadata(proto, dict(metadata or {}), {})
     finalize(proto, opset, spec.axis_names, allow_contrib=scheme.matmul_nbits)
     mode = subject.config.mode if subject.config else "float"
     with staged(proto, target, external_data) as files:
         report = None
         if untraced is not None:
-            report = _validate(files.model, spec, untraced, mode, matmul_weights)
+            report = _validate(files.model, [spec], untraced, mode, matmul_weights)
         size = files.size_bytes
         _, data = files.commit()
     return ExportResult(target, size, mode, opset, tuple(spec.input_names),
@@ -179,55 +191,81 @@ def export_onnx(
 
 
 def _validate(
-    path: Path, spec: ExportSpec, untraced: checks.Subject, mode: str, matmul_weights: str
+    path: Path, specs: Sequence[ExportSpec], untraced: checks.Subject, mode: str,
+    matmul_weights: str,
 ) -> ValidationReport:
-    """The file at ``path`` against the twin on the spec's validation cases."""
-    twin = spec.wrap(twin_of(untraced.model, untraced.converted))
-    floats = spec.wrap(float_twin_of(untraced.model, untraced.converted))
-    return validate_cases(path, spec.cases(twin), floats, spec.input_names, spec.output_names,
+    """The file at ``path`` against the twin on the specs' validation cases (one twin for all:
+    the specs differ only in their inputs)."""
+    twin, floats = (twin_of(untraced.model, untraced.converted),
+                    float_twin_of(untraced.model, untraced.converted))
+    first = specs[0]
+    cases = [case for spec in specs for case in spec.cases(spec.wrap(twin))]
+    return validate_cases(path, cases, first.wrap(floats), first.input_names, first.output_names,
                           mode, matmul_weights)
+
+
+def _read_file(target: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(target), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"cannot read {target} as an ONNX model: {exc}") from exc
+
+
+def _file_layout(target: Path, exported: ExportResult | None
+                 ) -> tuple[str | None, list[str], list[str]]:
+    """(the decoder layout's JSON or None, input names, output names) of the file: from what
+    ``export_onnx`` returned for it where given (a plain file), else read from the file."""
+    if exported is not None and not exported.kv_cache:
+        return None, list(exported.input_names), list(exported.output_names)
+    proto = _read_file(target)
+    layout = read_metadata(proto).get("fxquant.kv_cache")
+    inits = {t.name for t in proto.graph.initializer}
+    return (layout if isinstance(layout, str) else None,
+            [i.name for i in proto.graph.input if i.name not in inits],
+            [o.name for o in proto.graph.output])
 
 
 def validate_onnx(
     path: str | os.PathLike[str], model: nn.Module, example_inputs: Any, *,
-    matmul_weights: str = "auto",
+    matmul_weights: str = "auto", more_inputs: Sequence[Any] = (),
+    exported: ExportResult | None = None,
 ) -> ValidationReport:
     """Validate an ONNX file against ``model`` as ``export_onnx(validate=True)`` does: the file's
     outputs against the model's export twin on ``example_inputs`` (a decoder file, recognised by
     its ``fxquant.kv_cache`` metadata: a prefill and three decode steps), in units of the model's
-    activation rounding. ``ExportError`` when out of bounds; the report otherwise."""
+    activation rounding. ``ExportError`` when out of bounds; the report otherwise.
+
+    ``more_inputs``: further inputs of the example's form (e.g. other batch sizes), checked the
+    same way in the same report (plain files). ``exported``: what ``export_onnx`` returned for
+    this file; its input and output names are used instead of being read back from the file."""
     target = Path(path)
-    try:
-        proto = onnx.load(str(target), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(f"cannot read {target} as an ONNX model: {exc}") from exc
-    layout = read_metadata(proto).get("fxquant.kv_cache")
+    layout, input_names, output_names = _file_layout(target, exported)
     subject = checks.inspect_model(portable_model(model))
-    if isinstance(layout, str):
-        spec = decoder_spec(subject.model, example_inputs,
-                            all_logits=bool(json.loads(layout).get("all_logits")))
+    if layout is not None:
+        specs = [decoder_spec(subject.model, example_inputs,
+                              all_logits=bool(json.loads(layout).get("all_logits")))]
     else:
-        inits = {t.name for t in proto.graph.initializer}
-        spec = plain_spec(subject, example_inputs,
-                          input_names=[i.name for i in proto.graph.input if i.name not in inits],
-                          output_names=[o.name for o in proto.graph.output],
-                          dynamic_batch=True, dynamic_sequence=True, dynamic_axes=None,
-                          without_cache=is_causal_lm(subject.model))
+        specs = [plain_spec(subject, inputs, input_names=input_names, output_names=output_names,
+                            dynamic_batch=True, dynamic_sequence=True, dynamic_axes=None,
+                            without_cache=is_causal_lm(subject.model))
+                 for inputs in (example_inputs, *more_inputs)]
     mode = subject.config.mode if subject.config else "float"
-    return _validate(target, spec, subject, mode, matmul_weights)
+    return _validate(target, specs, subject, mode, matmul_weights)
 
 
-def _describe(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered,
-              extra: Mapping[str, str]) -> None:
+def _describe_model(proto: onnx.ModelProto, subject: checks.Subject, lowered: Lowered,
+                    extra: Mapping[str, str]) -> dict[str, str]:
+    """Name the graph and say what it is (``doc_string``); returns fxquant's ``metadata_props``
+    for it (docs/onnx.md), ``extra`` included."""
     source_class = str(subject.record.get("source_class", type(subject.model).__name__))
     props = build_metadata(
         subject.config, subject.record, source_class, lowered.codes_types, len(lowered.weights)
     )
     props.update(accuracy_metadata(subject.config, lowered.grouped))
     props.update(extra)
-    write_metadata(proto, props, lowered.annotations)
     proto.graph.name = source_class
     proto.doc_string = (
         f"{source_class} quantized by fxquant ({props['fxquant.mode']}); "
         "see metadata_props and graph.quantization_annotation."
     )
+    return props
