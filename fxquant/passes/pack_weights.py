@@ -334,4 +334,17 @@ def portable_model(model: torch.nn.Module) -> torch.nn.Module:
 PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, linear_weight_only_packed)
 
 
-PACK_WEIGHTS = Pass(PASS, run_pack_weights)
+def verify_pack_weights(gm: fx.GraphModule) -> str | None:
+    """Every fused op whose fast kernel applies was packed, and every packed attribute exists
+    and is read by the graph."""
+    for node in gm.graph.nodes:
+        if _layout(node) is not None and check(gm, node) is None:
+            return f"{node.name} could call its kernel directly but still calls the fxquant op"
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in _entries(gm):
+        if not hasattr(gm, name) or name not in read:
+            return f"packed weight {name} is missing or not read by the graph"
+    return None
+
+
+PACK_WEIGHTS = Pass(PASS, run_pack_weights, verify=verify_pack_weights)

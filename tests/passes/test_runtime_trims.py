@@ -126,3 +126,12 @@ def test_runtime_trims_verify_what_they_guarantee():
     assert FUSE_GELU_TANH.verify(gm) is None  # type: ignore[misc]
     q = fxquant.quantize(HFMlp().eval(), (torch.randn(1, 2, 32),))
     assert DROP_LINEAR_RESHAPES.verify(q) is None  # type: ignore[misc]
+
+
+def test_pack_weights_verify_catches_an_unpacked_fast_layer():
+    from fxquant.passes import PACK_WEIGHTS
+
+    q = fxquant.quantize(HFMlp().eval(), (torch.randn(1, 2, 32),))
+    assert PACK_WEIGHTS.verify(q) is None  # type: ignore[misc]
+    twin = fxquant.portable(q)  # the fxquant-op graph: every layer could be packed, none is
+    assert "could call its kernel directly" in PACK_WEIGHTS.verify(twin)  # type: ignore[operator]
