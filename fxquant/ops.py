@@ -13,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import numerics
 from .kernels import conv, fbgemm, reference, weight_only
+
+if TYPE_CHECKING:
+    from torch._ops import OpOverload
 
 _lib = torch.library.Library("fxquant", "DEF")
 _state = threading.local()
@@ -181,8 +185,8 @@ linear_static = torch.ops.fxquant.linear_static.default
 linear_weight_only = torch.ops.fxquant.linear_weight_only.default
 embedding = torch.ops.fxquant.embedding.default
 
-FUSED_LINEAR_OPS = (linear_dynamic, linear_static, linear_weight_only)
-ALL_OPS = (
+FUSED_LINEAR_OPS: tuple[OpOverload, ...] = (linear_dynamic, linear_static, linear_weight_only)
+ALL_OPS: tuple[OpOverload, ...] = (
     dequantize_weight,
     fake_quantize_dynamic,
     quantize_activation,
