@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,17 @@ from .fake_quantizers import fake_quantize_dynamic, fake_quantize_weight
 from .reduce_range import kernel_safe_reduce_range
 from .straight_through import straight_through
 
+if TYPE_CHECKING:
+
+    class Conv1D(nn.Module):
+        """What fxquant reads of GPT-2's ``transformers.pytorch_utils.Conv1D`` (transformers is
+        optional, so the type checker gets this outline instead)."""
+
+        nf: int
+        nx: int
+        weight: nn.Parameter
+        bias: nn.Parameter | None
+
 
 def transformers_conv1d() -> type | None:
     """GPT-2's ``transformers.pytorch_utils.Conv1D`` when transformers is loaded (a model that
@@ -42,7 +53,7 @@ def transformers_conv1d() -> type | None:
     return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
 
 
-def is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> TypeGuard[Conv1D]:
     """Whether ``module`` is exactly GPT-2's ``Conv1D`` (``y = x @ W + b``, W ``[in, out]``)."""
     cls = transformers_conv1d()
     return cls is not None and type(module) is cls
@@ -174,7 +185,7 @@ class FakeQuantizeConv1D(_SchemeAttributes, nn.Module):
     the weight is rounded per output feature (rows of ``W.t()``, the ``nn.Linear`` it equals).
     Same parameters and state_dict keys as ``Conv1D`` (``weight`` ``[in, out]``, ``bias``)."""
 
-    def __init__(self, conv: nn.Module, scheme: _FakeQuantScheme) -> None:
+    def __init__(self, conv: Conv1D, scheme: _FakeQuantScheme) -> None:
         super().__init__()
         self.nf, self.nx = conv.nf, conv.nx
         self.weight, self.bias = conv.weight, conv.bias
@@ -201,6 +212,13 @@ class FakeQuantizeConv1D(_SchemeAttributes, nn.Module):
 
 class _FakeQuantizeConv(_SchemeAttributes):
     """The forward pass of the fake-quant convolutions (``_conv_forward`` is ``nn.ConvNd``'s)."""
+
+    if TYPE_CHECKING:  # what the mixin reads of the nn.Conv1d / nn.Conv2d it is mixed into
+        weight: torch.Tensor
+        bias: torch.Tensor | None
+
+        def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None) -> torch.Tensor: ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._scheme.weight(self.weight, self.weight)
@@ -231,7 +249,7 @@ def _adopt(module: nn.Module, cls: type, scheme: _FakeQuantScheme) -> nn.Module:
     """``module`` (a layer of the model's copy) turned into its fake-quant twin in place: the same
     parameter objects (tied weights stay tied), buffers, hooks and training mode."""
     module.__class__ = cls
-    module._scheme = scheme
+    cast(_SchemeAttributes, module)._scheme = scheme  # module is a ``cls`` now
     return module
 
 

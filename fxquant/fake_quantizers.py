@@ -254,8 +254,8 @@ class ActivationFakeQuant(nn.Module):
             scale, zero_point = numerics.activation_qparams(*self.observer.quant_range(),
                                                             self.reduce_range)
             return _ClippedStraightThrough.apply(x, scale, zero_point, self.qrange)
-        scale = self.scale.clamp(min=numerics.MIN_ACTIVATION_SCALE)
-        return _LearnedStepSize.apply(x, scale, self.zero_point, self.qrange, None,
+        learned = self.scale.clamp(min=numerics.MIN_ACTIVATION_SCALE)
+        return _LearnedStepSize.apply(x, learned, self.zero_point, self.qrange, None,
                                       1.0 / math.sqrt(x.numel() * self.qrange.qmax))
 
     def _observe(self, x: torch.Tensor) -> None:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import numerics
 from .kernels import conv, fbgemm, reference, weight_only
+
+if TYPE_CHECKING:
+    from torch._ops import OpOverload
 
 _lib = torch.library.Library("fxquant", "DEF")
 _state = threading.local()
@@ -38,7 +42,7 @@ def _fast(x: torch.Tensor, codes: torch.Tensor) -> bool:
     return not getattr(_state, "reference", False) and fbgemm.can_run(x, codes)
 
 
-def _define(schema: str, impl, fake) -> None:
+def _define(schema: str, impl: Callable[..., Any], fake: Callable[..., Any]) -> None:
     name = schema.split("(", 1)[0]
     _lib.define(schema)
     # A CPU kernel is dispatched with less overhead than a composite one (~10 us against ~25 us
@@ -51,11 +55,13 @@ def _define(schema: str, impl, fake) -> None:
 # --- weights ---------------------------------------------------------------------------------
 
 
-def _dequantize_weight(codes, scale, zero_point, axis: int):
+def _dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                       axis: int) -> torch.Tensor:
     return numerics.dequantize(codes, scale, zero_point, axis=axis)
 
 
-def _dequantize_weight_fake(codes, scale, zero_point, axis: int):
+def _dequantize_weight_fake(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                            axis: int) -> torch.Tensor:
     return torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
 
 
@@ -69,7 +75,7 @@ _define(
 # --- activations -----------------------------------------------------------------------------
 
 
-def _fake_quantize_dynamic(x, reduce_range: bool):
+def _fake_quantize_dynamic(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
     return reference.fake_quantize_dynamic(x, reduce_range)
 
 
@@ -80,7 +86,8 @@ _define(
 )
 
 
-def _quantize_activation(x, scale: float, zero_point: int, reduce_range: bool):
+def _quantize_activation(x: torch.Tensor, scale: float, zero_point: int,
+                         reduce_range: bool) -> torch.Tensor:
     qr = numerics.activation_qrange(reduce_range)
     return numerics.quantize(x, scale, zero_point, qr, torch.uint8)
 
@@ -92,7 +99,7 @@ _define(
 )
 
 
-def _dequantize_activation(q, scale: float, zero_point: int):
+def _dequantize_activation(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return numerics.dequantize(q, scale, zero_point)
 
 
@@ -106,11 +113,13 @@ _define(
 # --- fused matmuls ---------------------------------------------------------------------------
 
 
-def _linear_fake(x, codes, *args):
+def _linear_fake(x: torch.Tensor, codes: torch.Tensor, *args: object) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], codes.shape[0]))
 
 
-def _linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool):
+def _linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                    zero_point: torch.Tensor, bias: torch.Tensor | None,
+                    reduce_range: bool) -> torch.Tensor:
     if _fast(x, codes):
         return fbgemm.linear_dynamic(x, codes, scale, zero_point, bias, reduce_range)
     return reference.linear_dynamic(x, codes, scale, zero_point, bias, reduce_range)
@@ -124,8 +133,9 @@ _define(
 )
 
 
-def _linear_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
-                   zero_point, bias):
+def _linear_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                   codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
     args = (x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias)
     if _fast(x, codes):
         return fbgemm.linear_static(x, *args)
@@ -140,7 +150,8 @@ _define(
 )
 
 
-def _linear_weight_only(x, codes, scale, zero_point, bias):
+def _linear_weight_only(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                        zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     reference_only = getattr(_state, "reference", False)
     if not reference_only and weight_only.available() and not zero_point.any():
         # The AVX2 weight-only kernel: float activations, exact (docs/weight_only_kernel.md).
@@ -158,11 +169,13 @@ _define(
 )
 
 
-def _embedding(indices, codes, scale, zero_point):
+def _embedding(indices: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+               zero_point: torch.Tensor) -> torch.Tensor:
     return reference.embedding(indices, codes, scale, zero_point)
 
 
-def _embedding_fake(indices, codes, scale, zero_point):
+def _embedding_fake(indices: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                    zero_point: torch.Tensor) -> torch.Tensor:
     return torch.empty((*indices.shape, codes.shape[1]), dtype=torch.float32, device=codes.device)
 
 
@@ -181,8 +194,8 @@ linear_static = torch.ops.fxquant.linear_static.default
 linear_weight_only = torch.ops.fxquant.linear_weight_only.default
 embedding = torch.ops.fxquant.embedding.default
 
-FUSED_LINEAR_OPS = (linear_dynamic, linear_static, linear_weight_only)
-ALL_OPS = (
+FUSED_LINEAR_OPS: tuple[OpOverload, ...] = (linear_dynamic, linear_static, linear_weight_only)
+ALL_OPS: tuple[OpOverload, ...] = (
     dequantize_weight,
     fake_quantize_dynamic,
     quantize_activation,
@@ -198,7 +211,7 @@ ALL_OPS = (
 # outputs are channels-last (channel innermost), as oneDNN writes them; the reference path matches.
 
 
-def _fast_conv(x, codes) -> bool:
+def _fast_conv(x: torch.Tensor, codes: torch.Tensor) -> bool:
     return not getattr(_state, "reference", False) and conv.can_run(x, codes)
 
 
@@ -206,7 +219,8 @@ def _channels_last(y: torch.Tensor) -> torch.Tensor:
     return y.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
-def _conv_fake(x, codes, stride, padding, dilation):
+def _conv_fake(x: torch.Tensor, codes: torch.Tensor, stride: list[int], padding: list[int],
+               dilation: list[int]) -> torch.Tensor:
     batched = x.dim() == codes.dim()
     spatial = x.shape[2:] if batched else x.shape[1:]
     out = [
@@ -218,8 +232,10 @@ def _conv_fake(x, codes, stride, padding, dilation):
     return x.new_empty((x.shape[0], *out, codes.shape[0])).movedim(-1, 1)
 
 
-def _conv_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool, stride, padding,
-                  dilation, groups: int, relu: bool):
+def _conv_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                  zero_point: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool,
+                  stride: list[int], padding: list[int], dilation: list[int], groups: int,
+                  relu: bool) -> torch.Tensor:
     if _fast_conv(x, codes):
         geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
         y = conv.conv_dynamic(x, codes, scale, zero_point, bias, reduce_range, geometry, relu)
@@ -240,8 +256,10 @@ _define(
 )
 
 
-def _conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
-                 zero_point, bias, stride, padding, dilation, groups: int, relu: bool):
+def _conv_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                 codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                 bias: torch.Tensor | None, stride: list[int], padding: list[int],
+                 dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
     if _fast_conv(x, codes):
         geometry = (tuple(stride), tuple(padding), tuple(dilation), groups)
         y = conv.conv_static(x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point,
@@ -278,7 +296,7 @@ ALL_OPS = (*ALL_OPS, *FUSED_CONV_OPS)
 # kernel (fxquant/kernels/weight_only.py), the rest the reference (dequantize + F.linear).
 
 
-def _fake_quantize_dynamic_per_token(x, reduce_range: bool):
+def _fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
     return reference.fake_quantize_dynamic_per_token(x, reduce_range)
 
 
@@ -289,7 +307,9 @@ _define(
 )
 
 
-def _linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
+def _linear_dynamic_per_token(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                              zero_point: torch.Tensor, bias: torch.Tensor | None,
+                              reduce_range: bool) -> torch.Tensor:
     if _fast(x, codes):
         r = reference.token_scales(x)
         y = fbgemm.linear_dynamic(x / r, codes, scale, zero_point, None, reduce_range).mul_(r)
@@ -305,7 +325,8 @@ _define(
 )
 
 
-def _dequantize_weight_grouped(codes, scale, zero_point, group_size: int):
+def _dequantize_weight_grouped(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                               group_size: int) -> torch.Tensor:
     return reference.dequantize_weight_grouped(codes, scale, zero_point, group_size)
 
 
@@ -318,7 +339,9 @@ _define(
 )
 
 
-def _linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):
+def _linear_weight_only_grouped(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                                zero_point: torch.Tensor, bias: torch.Tensor | None,
+                                group_size: int) -> torch.Tensor:
     packed = codes.shape[1] * 2 == scale.shape[1] * group_size
     if packed and group_size % 32 == 0 and not getattr(_state, "reference", False):
         # fxquant's int4 kernel (C++; its own PyTorch fallback where it cannot be built).

@@ -29,7 +29,7 @@ from . import api, measure, metrics
 from .batches import batch_inputs, batch_size_of
 from .capture import as_input_tuple
 from .config import QuantConfig
-from .errors import CalibrationError
+from .errors import CalibrationError, CaptureError
 from .real_quant import quant_config_of, to_float_model
 from .reduce_range import kernel_safe_reduce_range
 
@@ -67,8 +67,10 @@ class PTQPipeline:
         self.float_model = to_float_model(model).eval()
         self.example_inputs = None if example_inputs is None else as_input_tuple(example_inputs)
         self.calibration_batches = 0
-        self._observed: fx.GraphModule | None = None
-        self.quantized_model: fx.GraphModule | None = None
+        # What fxquant.prepare / convert / quantize return: a GraphModule for a model captured
+        # whole, else the model with its regions compiled.
+        self._observed: nn.Module | None = None
+        self.quantized_model: nn.Module | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -89,12 +91,12 @@ class PTQPipeline:
         api.calibrate(
             self._observed, (batch_inputs(b) for b in itertools.chain([first], batches))
         )
-        self.calibration_batches += self._observed.meta["fxquant"]["calibration_batches"]
+        self.calibration_batches += _calibrated_now(self._observed)
         self.example_inputs = self.example_inputs if self.example_inputs is not None else inputs
         self.quantized_model = None
         return self
 
-    def convert_to_real_quant(self) -> fx.GraphModule:
+    def convert_to_real_quant(self) -> nn.Module:
         """The int8 model: static if calibrated, else dynamic. Built once, then returned again."""
         if self.quantized_model is None:
             if self._observed is not None:
@@ -111,7 +113,7 @@ class PTQPipeline:
                 )
         return self.quantized_model
 
-    def quantize_weights(self) -> fx.GraphModule:
+    def quantize_weights(self) -> nn.Module:
         """The document's name for the same step: quantize all weights to int8 (and the
         activations as calibrated). Returns the quantized model."""
         return self.convert_to_real_quant()
@@ -181,3 +183,14 @@ class PTQPipeline:
             "drop": scores.metric["original"] - scores.metric["quantized"],
             "output_mse": scores.mse[("quantized", "original")],
         }
+
+
+def _calibrated_now(observed: nn.Module) -> int:
+    """How many batches the last ``fxquant.calibrate`` ran (the calibrate pass records it in a
+    GraphModule's ``meta``)."""
+    if not isinstance(observed, fx.GraphModule):
+        raise CaptureError(
+            f"PTQPipeline calibrates models captured whole; {type(observed).__name__} was "
+            "compiled region by region: use fxquant.prepare / calibrate / convert for it."
+        )
+    return observed.meta["fxquant"]["calibration_batches"]

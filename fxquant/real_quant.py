@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -295,12 +295,12 @@ def _as_linear(module: nn.Module) -> nn.Linear | None:
     return None
 
 
-def _is_conv(module: nn.Module) -> bool:
+def _is_conv(module: nn.Module) -> TypeGuard[nn.Conv1d | nn.Conv2d]:
     return (type(module) in _CONVS and module.padding_mode == "zeros"
             and not isinstance(module.padding, str))
 
 
-def _is_table(module: nn.Module) -> bool:
+def _is_table(module: nn.Module) -> TypeGuard[nn.Embedding]:
     return type(module) in (nn.Embedding, FakeQuantizeEmbedding) and module.max_norm is None
 
 
@@ -345,8 +345,8 @@ def convert_to_real_quant(
             f"{type(model).__name__} already holds int8 layers; convert the float model."
         )
 
-    options = dict(symmetric=symmetric, per_channel=per_channel, mode=mode,
-                   reduce_range=reduce_range)
+    options: dict[str, Any] = dict(symmetric=symmetric, per_channel=per_channel, mode=mode,
+                                   reduce_range=reduce_range)
 
     def make(module: nn.Module) -> nn.Module:
         linear = _as_linear(module)
@@ -354,7 +354,9 @@ def convert_to_real_quant(
             return RealQuantizeLinear.from_float(linear, bits, **options)
         if _is_conv(module):
             return RealQuantizeConv(module, bits, **options)
-        return RealQuantizeEmbedding(module, embedding_bits, symmetric=symmetric)
+        if _is_table(module):
+            return RealQuantizeEmbedding(module, embedding_bits, symmetric=symmetric)
+        raise TypeError(f"{type(module).__name__} has no int8 form")  # not _convertible
 
     return _replace_modules(copy.deepcopy(model), _convertible, make).eval()
 
@@ -363,7 +365,10 @@ def _float_layer(module: nn.Module) -> nn.Module:
     if isinstance(module, (RealQuantizeLinear, RealQuantizeEmbedding, RealQuantizeConv)):
         return module.to_float()
     if isinstance(module, FakeQuantizeConv1D):
-        conv = transformers_conv1d()(module.nf, module.nx)  # a model holding one loaded it
+        conv_type = transformers_conv1d()
+        if conv_type is None:  # cannot happen: a model holding a FakeQuantizeConv1D loaded it
+            raise TypeError("transformers' Conv1D is not loaded")
+        conv = conv_type(module.nf, module.nx)
         conv.load_state_dict(module.state_dict())
         return conv.train(module.training)
     for float_type in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding):

@@ -11,6 +11,7 @@ takes float activations).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -95,7 +96,9 @@ class RealQuantizeConv(_Int8Weight):
             raise ConfigError(f"{type(conv).__name__} with padding {conv.padding!r} / "
                               f"{conv.padding_mode!r}: int8 convs take zero padding given in "
                               "numbers; leave this layer float.")
-        self.float_type = type(conv)
+        # Called with sizes of its own length, which the stubs (tuple[int] / tuple[int, int])
+        # cannot relate to the class: typed as a plain factory.
+        self.float_type: Callable[..., nn.Conv1d | nn.Conv2d] = type(conv)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = conv.kernel_size
         self.stride, self.padding = list(conv.stride), list(conv.padding)
@@ -123,7 +126,7 @@ class RealQuantizeConv(_Int8Weight):
                                self.bias is not None)
         with torch.no_grad():
             conv.weight.copy_(self.dequantized_weight())
-            if self.bias is not None:
+            if self.bias is not None and conv.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv.train(self.training)
 

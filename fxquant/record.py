@@ -20,6 +20,7 @@ from tabulate import tabulate
 from torch import nn
 
 from .config import QuantConfig
+from .errors import FxQuantError
 from .inputs import ModelInputs
 
 RECORD_ATTR = "fxquant_record"
@@ -113,9 +114,9 @@ class QuantRecord:
                 f"{len(self.float_layers)} float")
         parts = [head]
         if self.capture == "regions":
-            rows = [(r.name or "(model)", r.module_type, r.capture) for r in self.regions]
-            rows += [(f.name, f.module_type, f"float: {f.reason}") for f in self.float_modules]
-            parts.append(tabulate(rows, headers=("region", "type", "capture")))
+            regions = [(r.name or "(model)", r.module_type, r.capture) for r in self.regions]
+            regions += [(f.name, f.module_type, f"float: {f.reason}") for f in self.float_modules]
+            parts.append(tabulate(regions, headers=("region", "type", "capture")))
         rows = [(layer.name, layer.kind, "int8" if layer.quantized else "float",
                  layer.scheme or layer.reason, layer.kernel or layer.op) for layer in self.layers]
         parts.append(tabulate(rows, headers=("layer", "kind", "", "scheme / reason", "kernel")))
@@ -150,6 +151,17 @@ def stage_of(model: nn.Module) -> Stage | None:
         return model.meta.get("fxquant", {}).get("stage")
     record = record_of(model)
     return record.stage if record is not None else None
+
+
+def region_graph(model: nn.Module, name: str) -> fx.GraphModule:
+    """Region ``name`` of a model compiled region by region: the GraphModule fxquant put there."""
+    module = model.get_submodule(name)
+    if not isinstance(module, fx.GraphModule):
+        raise FxQuantError(
+            f"{type(model).__name__}.{name} is a {type(module).__name__}, not the GraphModule "
+            "fxquant compiled there: was the model changed after quantization?"
+        )
+    return module
 
 
 def attach(model: nn.Module, record: QuantRecord) -> None:

@@ -82,7 +82,7 @@ def compare_command(model_dir: Path, quant_dir: Path, texts: Path | None, batch:
     batches = _inputs(float_model, texts, batch, length, count=4)
     models = {"fp32": float_model.model, "int8": quant}
     latency = _latency_ms(models, batches[0], rounds)
-    result = {
+    result: dict[str, Any] = {  # the JSON document
         "inputs": {"count": len(batches), "source": str(texts) if texts else "random tokens",
                    "shape": list(batches[0]["input_ids"].shape)},
         "models": {name: {"size_bytes": measure.model_size_bytes(m), "latency_ms": latency[name]}

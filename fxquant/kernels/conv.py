@@ -93,8 +93,9 @@ def unsupported_reason(codes: torch.Tensor, zero_point: torch.Tensor,
     return None
 
 
-def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool,
-          reduce_range: bool, x_shape: tuple[int, ...]) -> torch.Tensor | None:
+def _pack(codes: torch.Tensor, zero_point: torch.Tensor, geometry: Geometry,
+          x_zero_point_nonzero: bool, reduce_range: bool,
+          x_shape: tuple[int, ...]) -> torch.Tensor | None:
     if unsupported_reason(codes, zero_point, reduce_range) is not None:
         return None
     stride, padding, dilation, groups = geometry
@@ -111,8 +112,8 @@ def _pack(codes, zero_point, geometry: Geometry, x_zero_point_nonzero: bool,
     )
 
 
-def packed_weight(codes, zero_point, geometry: Geometry, x_zero_point: int,
-                  reduce_range: bool = False,
+def packed_weight(codes: torch.Tensor, zero_point: torch.Tensor, geometry: Geometry,
+                  x_zero_point: int, reduce_range: bool = False,
                   x_shape: tuple[int, ...] = ()) -> torch.Tensor | None:
     """oneDNN's packed copy of ``codes`` for this geometry and input shape (cached, at most
     ``SHAPES_PER_WEIGHT`` shapes per weight), or None where the reference kernel must run (see
@@ -169,7 +170,9 @@ def batch_range(x: torch.Tensor) -> tuple[float, float]:
     return lo.item(), hi.item()
 
 
-def _run(codes_u8, x_scale, x_zero_point, packed, scale, zero_point, bias, geometry, relu):
+def _run(codes_u8: torch.Tensor, x_scale: float, x_zero_point: int, packed: torch.Tensor,
+         scale: torch.Tensor, zero_point: torch.Tensor, bias: torch.Tensor | None,
+         geometry: Geometry, relu: bool) -> torch.Tensor:
     stride, padding, dilation, groups = geometry
     return torch.ops.onednn.qconv_pointwise.default(
         codes_u8, x_scale, x_zero_point, packed, scale, zero_point, bias,
@@ -178,8 +181,9 @@ def _run(codes_u8, x_scale, x_zero_point, packed, scale, zero_point, bias, geome
     )
 
 
-def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
-                zero_point, bias, geometry: Geometry, relu: bool) -> torch.Tensor | None:
+def conv_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                bias: torch.Tensor | None, geometry: Geometry, relu: bool) -> torch.Tensor | None:
     """int8 conv with calibrated activation parameters, float32 output (channels-last), or None
     where the reference kernel must run."""
     packed = packed_weight(codes, zero_point, geometry, x_zero_point, reduce_range,
@@ -190,8 +194,9 @@ def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes,
     return _run(q, x_scale, x_zero_point, packed, scale, zero_point, bias, geometry, relu)
 
 
-def conv_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool, geometry: Geometry,
-                 relu: bool) -> torch.Tensor | None:
+def conv_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                 zero_point: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool,
+                 geometry: Geometry, relu: bool) -> torch.Tensor | None:
     """int8 conv with per-tensor activation parameters from this batch's range, or None."""
     lo, hi = batch_range(x)
     x_scale, x_zero_point = numerics.activation_qparams(lo, hi, reduce_range)

@@ -99,13 +99,16 @@ def packed_weight(
     return packed
 
 
-def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
+def linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                   zero_point: torch.Tensor, bias: torch.Tensor | None,
+                   reduce_range: bool) -> torch.Tensor:
     """int8 x int8 GEMM; activations quantized per tensor from the batch's own range."""
     # fbgemm takes any leading dimensions itself; reshaping here only costs time at one token.
     return _LINEAR_DYNAMIC(x, packed_weight(codes, scale, zero_point, bias), reduce_range)
 
 
-def _static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool, packed):
+def _static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+            packed: Any) -> torch.Tensor:
     if reduce_range:
         # fbgemm quantizes to 0..255; clamping to the 7-bit range first gives exactly the codes
         # 0..127 that the reference computes, and keeps vpmaddubsw from saturating.
@@ -116,15 +119,16 @@ def _static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bo
     return _LINEAR_STATIC(x, x_scale, x_zero_point, packed)
 
 
-def linear_static(
-    x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale, zero_point, bias
-) -> torch.Tensor:
+def linear_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                  codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
     """int8 x int8 GEMM with calibrated activation parameters, float32 output."""
     packed = packed_weight(codes, scale, zero_point, bias)
     return _static(x, x_scale, x_zero_point, reduce_range, packed)
 
 
-def linear_weight_only(x, codes, scale, zero_point, bias) -> torch.Tensor:
+def linear_weight_only(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                       zero_point: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Float activations times an int8 weight, without materialising the float weight.
 
     The activation is split into two 7-bit int8 parts: ``x = dq(q1) + r`` and ``r ~ dq(q2)``,

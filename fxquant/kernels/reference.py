@@ -43,19 +43,22 @@ def linear_weight_only(
     return F.linear(x, weight, bias)
 
 
-def linear_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool) -> torch.Tensor:
+def linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                   zero_point: torch.Tensor, bias: torch.Tensor | None,
+                   reduce_range: bool) -> torch.Tensor:
     xq = fake_quantize_dynamic(x, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
-def linear_static(
-    x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale, zero_point, bias
-) -> torch.Tensor:
+def linear_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                  codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
-def embedding(indices: torch.Tensor, codes, scale, zero_point) -> torch.Tensor:
+def embedding(indices: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+              zero_point: torch.Tensor) -> torch.Tensor:
     """Gather rows of an int8 table, then dequantize only the rows gathered."""
     rows = codes[indices].float()  # gathers int8 rows; the table is never converted whole
     return (rows - zero_point[indices].unsqueeze(-1)) * scale[indices].unsqueeze(-1)
@@ -78,16 +81,19 @@ def conv_int8_weight(
     return conv(x, weight, bias, stride, padding, dilation, groups)
 
 
-def conv_dynamic(x, codes, scale, zero_point, bias, reduce_range: bool, stride, padding,
-                 dilation, groups: int, relu: bool) -> torch.Tensor:
+def conv_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                 zero_point: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool,
+                 stride: list[int], padding: list[int], dilation: list[int], groups: int,
+                 relu: bool) -> torch.Tensor:
     y = conv_int8_weight(fake_quantize_dynamic(x, reduce_range), codes, scale, zero_point, bias,
                          stride, padding, dilation, groups)
     return torch.relu(y) if relu else y
 
 
-def conv_static(x, x_scale: float, x_zero_point: int, reduce_range: bool, codes, scale,
-                zero_point, bias, stride, padding, dilation, groups: int,
-                relu: bool) -> torch.Tensor:
+def conv_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
+                codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                bias: torch.Tensor | None, stride: list[int], padding: list[int],
+                dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
     y = conv_int8_weight(xq, codes, scale, zero_point, bias, stride, padding, dilation, groups)
     return torch.relu(y) if relu else y
@@ -118,18 +124,23 @@ def fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torc
     return fake_quantize_dynamic(x / r, reduce_range) * r
 
 
-def linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range: bool):
+def linear_dynamic_per_token(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                             zero_point: torch.Tensor, bias: torch.Tensor | None,
+                             reduce_range: bool) -> torch.Tensor:
     xq = fake_quantize_dynamic_per_token(x, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 
 
-def dequantize_weight_grouped(codes, scale, zero_point, group_size: int) -> torch.Tensor:
+def dequantize_weight_grouped(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                              group_size: int) -> torch.Tensor:
     """Stored group-wise codes (packed uint8 or int8) to the float32 weight ``[N, K]``."""
     columns = scale.shape[1] * group_size
     q = packing.unpack_int4(codes) if codes.shape[1] * 2 == columns else codes
     return packing.dequantize_groupwise(q, scale, zero_point, group_size)
 
 
-def linear_weight_only_grouped(x, codes, scale, zero_point, bias, group_size: int):
+def linear_weight_only_grouped(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                               zero_point: torch.Tensor, bias: torch.Tensor | None,
+                               group_size: int) -> torch.Tensor:
     """``F.linear`` with a dequantized group-wise weight."""
     return F.linear(x, dequantize_weight_grouped(codes, scale, zero_point, group_size), bias)

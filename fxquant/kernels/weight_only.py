@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,7 +267,8 @@ def _check_bias(bias: torch.Tensor | None, n: int) -> None:
         _check(bias.shape == (n,), f"bias must be [{n}], got {tuple(bias.shape)}")
 
 
-def _blocked_linear(x: torch.Tensor, n: int, k: int, bias: torch.Tensor | None, block):
+def _blocked_linear(x: torch.Tensor, n: int, k: int, bias: torch.Tensor | None,
+                    block: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
     """Output columns [n0, n1) from ``block(n0, n1)`` for blocks of weight rows, concatenated;
     at most ``_FALLBACK_BLOCK_ELEMENTS`` weight elements exist in float at a time."""
     _check(x.shape[-1] == k, f"x must end in K={k}, got {tuple(x.shape)}")

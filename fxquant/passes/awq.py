@@ -22,16 +22,9 @@ import torch
 import torch.fx as fx
 
 from ..algorithms.awq import awq_search
-from ..graph import fetch_attr, meta
+from ..algorithms.statistics import InputStatistics
 from .infra import Pass, PassContext, PassResult
-from .input_scaling import (
-    apply_input_scale,
-    refusal_reason,
-    scaled_linears,
-    statistics_nodes,
-    weight_observer,
-    weight_target,
-)
+from .input_scaling import scale_inputs, weight_observer
 
 PASS = "awq"
 
@@ -39,28 +32,16 @@ PASS = "awq"
 def run_awq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if ctx.config.weight_method != "awq":
         return PassResult(gm, False)
-    modified = False
-    for stats_node, stats in statistics_nodes(gm):
-        linears = scaled_linears(gm, stats_node)
-        reason = refusal_reason(gm, stats_node, linears)
-        if reason is not None:
-            ctx.refuse(PASS, stats_node, reason)
-            continue
-        weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
-        record: dict[str, object]
-        if getattr(ctx, "replay", False):
-            scale, record = torch.ones(weights[0].shape[1], device=weights[0].device), {}
-        else:
-            stats.require_data("weight_method='awq'")
-            schemes = [weight_observer(gm, lin).scheme() for lin in linears]
-            found = awq_search(stats.samples(), weights, schemes, ctx.config.awq_grid)
-            scale = found.scale
-            record = {"alpha": found.alpha, "error": found.error, "rtn_error": found.rtn_error}
-        record["input"] = apply_input_scale(gm, stats_node, linears, scale)
-        for lin in linears:
-            meta(lin)["awq"] = record
-        modified = True
-    return PassResult(gm, modified)
+
+    def choose(stats: InputStatistics, linears: list[fx.Node],
+               weights: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, object]]:
+        stats.require_data("weight_method='awq'")
+        schemes = [weight_observer(gm, lin).scheme() for lin in linears]
+        found = awq_search(stats.samples(), weights, schemes, ctx.config.awq_grid)
+        return found.scale, {"alpha": found.alpha, "error": found.error,
+                             "rtn_error": found.rtn_error}
+
+    return scale_inputs(gm, ctx, PASS, "awq", choose)
 
 
 # As for SmoothQuant, the unchanged float function is a numerical test, not a contract check.

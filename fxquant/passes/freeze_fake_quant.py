@@ -27,7 +27,7 @@ from ..graph import fetch_attr
 from ..regions.shell import set_submodule
 from .functional_forms import transposed_weight
 from .infra import Pass, PassContext, PassResult
-from .nodes import left_over, node_arg, target_of
+from .nodes import left_over, node_arg, rewrite_module_calls, target_of
 
 
 def _weight_attr(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
@@ -73,16 +73,8 @@ def _freeze_activation(gm: fx.GraphModule, node: fx.Node, fq: ActivationFakeQuan
 
 
 def run_freeze_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-    modified = False
-    for node in list(gm.graph.nodes):
-        module = fetch_attr(gm, str(node.target)) if node.op == "call_module" else None
-        if isinstance(module, WeightFakeQuant):
-            _freeze_weight(gm, node, module)
-        elif isinstance(module, ActivationFakeQuant):
-            _freeze_activation(gm, node, module)
-        else:
-            continue
-        modified = True
+    modified = rewrite_module_calls(gm, [(WeightFakeQuant, _freeze_weight),
+                                         (ActivationFakeQuant, _freeze_activation)])
     return PassResult(gm, modified)
 
 

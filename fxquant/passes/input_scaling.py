@@ -1,7 +1,8 @@
 """Mechanics shared by SmoothQuant and AWQ: divide a linear input by per-channel scales ``s`` and
 multiply the weight columns of the linears reading it by ``s``, keeping the float function.
 
-Not a pass: ``smooth_quant`` and ``awq`` decide ``s``; this module applies it.
+Not a pass: ``smooth_quant`` and ``awq`` decide ``s``; this module applies it (and runs the loop
+both passes share, :func:`scale_inputs`).
 
 * The weights: each weight parameter is replaced (never written in place: the converted model may
   still share the user's parameters) by ``W * s`` along its input channels.
@@ -17,6 +18,7 @@ Not a pass: ``smooth_quant`` and ``awq`` decide ``s``; this module applies it.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -29,6 +31,7 @@ from ..algorithms.statistics import InputStatistics
 from ..errors import PassError
 from ..graph import add_buffer, fetch_attr, kind_of, meta
 from ..observers import MinMaxObserver, Observer, WeightObserver
+from .infra import PassContext, PassResult
 from .nodes import node_arg, target_of
 
 M = TypeVar("M", bound=nn.Module)
@@ -200,3 +203,36 @@ def apply_input_scale(gm: fx.GraphModule, stats_node: fx.Node, linears: list[fx.
     stats.rescale(s)
     _update_activation_observers(gm, stats_node, stats)
     return where
+
+
+# Chooses ``s`` for one input from its statistics, its linears and their weights, with what to
+# record about the choice.
+ChooseScale = Callable[[InputStatistics, list[fx.Node], list[torch.Tensor]],
+                       tuple[torch.Tensor, dict[str, object]]]
+
+
+def scale_inputs(gm: fx.GraphModule, ctx: PassContext, pass_name: str, meta_key: str,
+                 choose: ChooseScale, fixed: dict[str, object] | None = None) -> PassResult:
+    """For each input read only by quantized linears: ``choose`` its ``s``, apply it, and record
+    ``{**fixed, **chosen, "input": where}`` in each linear's ``meta["fxquant"][meta_key]``; an
+    input left as it is gets a reason under ``pass_name``. In structural replay (``ctx.replay``)
+    ``s = 1`` and nothing is chosen: the saved tensors are loaded over it."""
+    modified = False
+    for stats_node, stats in statistics_nodes(gm):
+        linears = scaled_linears(gm, stats_node)
+        reason = refusal_reason(gm, stats_node, linears)
+        if reason is not None:
+            ctx.refuse(pass_name, stats_node, reason)
+            continue
+        weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
+        record = dict(fixed or {})
+        if ctx.replay:
+            s = torch.ones(weights[0].shape[1], device=weights[0].device)
+        else:
+            s, chosen = choose(stats, linears, weights)
+            record.update(chosen)
+        record["input"] = apply_input_scale(gm, stats_node, linears, s)
+        for lin in linears:
+            meta(lin)[meta_key] = record
+        modified = True
+    return PassResult(gm, modified)

@@ -31,7 +31,7 @@ from ..graph import add_module, fetch_attr, kind_of, meta
 from ..observers import Observer, WeightObserver
 from ..regions.shell import set_submodule
 from .infra import Pass, PassContext, PassResult
-from .nodes import left_over, node_arg, target_of
+from .nodes import left_over, node_arg, rewrite_module_calls, target_of
 
 
 def transposed_base(gm: fx.GraphModule, target: str) -> str | None:
@@ -106,17 +106,13 @@ def _dynamic_activations(gm: fx.GraphModule, ctx: PassContext) -> bool:
 
 def run_insert_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     cfg = ctx.config
-    modified = False
-    for node in list(gm.graph.nodes):
-        module = fetch_attr(gm, str(node.target)) if node.op == "call_module" else None
-        if isinstance(module, WeightObserver):
-            _fake_quant_weight(gm, node, module)
-        elif isinstance(module, Observer):
-            set_submodule(gm, str(node.target), ActivationFakeQuant(
-                module.target, "static", cfg.reduce_range, momentum=cfg.moving_average_momentum))
-        else:
-            continue
-        modified = True
+
+    def fake_quant_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer) -> None:
+        set_submodule(gm, target_of(node), ActivationFakeQuant(
+            observer.target, "static", cfg.reduce_range, momentum=cfg.moving_average_momentum))
+
+    modified = rewrite_module_calls(gm, [(WeightObserver, _fake_quant_weight),
+                                         (Observer, fake_quant_activation)])
     _folded_parameters(gm)
     if cfg.mode == "dynamic":
         modified |= _dynamic_activations(gm, ctx)

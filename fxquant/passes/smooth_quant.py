@@ -22,15 +22,9 @@ import torch
 import torch.fx as fx
 
 from ..algorithms.smoothing import smoothquant_scales
-from ..graph import fetch_attr, meta
+from ..algorithms.statistics import InputStatistics
 from .infra import Pass, PassContext, PassResult
-from .input_scaling import (
-    apply_input_scale,
-    refusal_reason,
-    scaled_linears,
-    statistics_nodes,
-    weight_target,
-)
+from .input_scaling import scale_inputs
 
 PASS = "smooth_quant"
 
@@ -39,24 +33,13 @@ def run_smooth_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     alpha = ctx.config.smoothquant_alpha
     if alpha is None:
         return PassResult(gm, False)
-    modified = False
-    for stats_node, stats in statistics_nodes(gm):
-        linears = scaled_linears(gm, stats_node)
-        reason = refusal_reason(gm, stats_node, linears)
-        if reason is not None:
-            ctx.refuse(PASS, stats_node, reason)
-            continue
-        weights = [fetch_attr(gm, weight_target(lin)) for lin in linears]
-        if getattr(ctx, "replay", False):  # structure only: the saved tensors are loaded over it
-            s = torch.ones(weights[0].shape[1], device=weights[0].device)
-        else:
-            stats.require_data(f"SmoothQuant (smoothquant_alpha={alpha}), in dynamic mode too,")
-            s = smoothquant_scales(stats.abs_max, weights, alpha)
-        where = apply_input_scale(gm, stats_node, linears, s)
-        for lin in linears:
-            meta(lin)["smoothquant"] = {"alpha": alpha, "input": where}
-        modified = True
-    return PassResult(gm, modified)
+
+    def choose(stats: InputStatistics, linears: list[fx.Node],
+               weights: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, object]]:
+        stats.require_data(f"SmoothQuant (smoothquant_alpha={alpha}), in dynamic mode too,")
+        return smoothquant_scales(stats.abs_max, weights, alpha), {}
+
+    return scale_inputs(gm, ctx, PASS, "smoothquant", choose, fixed={"alpha": alpha})
 
 
 # The float function is unchanged: tested numerically (tests/passes/test_smooth_quant.py), too

@@ -8,6 +8,7 @@ import torch.fx as fx
 from torch import nn
 
 from .. import passes
+from ..fake_quantizers import ActivationFakeQuant
 from ..record import attach, record_of, stage_of
 from ..regions.shell import set_submodule, share_copy
 from .prepare import QAT_STAGE, fake_quantizers, graphs
@@ -20,7 +21,8 @@ def is_qat_model(model: nn.Module) -> bool:
 
 def _batches_seen(model: nn.Module) -> int:
     """How many batches every static activation range has seen (0 without any)."""
-    counts = [fq.batches for fq in fake_quantizers(model) if getattr(fq, "kind", "") == "static"]
+    counts = [fq.batches for fq in fake_quantizers(model)
+              if isinstance(fq, ActivationFakeQuant) and fq.kind == "static"]
     return min(counts) if counts else 0
 
 

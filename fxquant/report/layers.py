@@ -21,7 +21,7 @@ from torch import nn
 from .. import ops
 from ..errors import FxQuantError
 from ..graph import fetch_attr
-from ..record import record_of
+from ..record import record_of, region_graph
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _graphs(qmodel: nn.Module) -> list[tuple[str, fx.GraphModule]]:
             f"{type(qmodel).__name__} is not a model fxquant converted: pass what "
             "fxquant.quantize or fxquant.convert returned."
         )
-    return [(r.name, qmodel.get_submodule(r.name)) for r in record.regions]
+    return [(r.name, region_graph(qmodel, r.name)) for r in record.regions]
 
 
 def _op_graph(gm: fx.GraphModule) -> fx.GraphModule:

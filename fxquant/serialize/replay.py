@@ -27,7 +27,7 @@ from ..config import QuantConfig
 from ..errors import CaptureError, FormatError, SaveLoadError
 from ..graph import fetch_attr
 from ..observers import MinMaxObserver, Observer
-from ..record import QuantRecord, attach
+from ..record import QuantRecord, attach, region_graph
 from ..regions.compile import (
     canonicalize_region,
     convert_region,
@@ -60,7 +60,7 @@ def region_graphs(model: nn.Module, record: QuantRecord) -> list[tuple[str, fx.G
     if record.capture != "regions":
         assert isinstance(model, fx.GraphModule)
         return [("", model)]
-    return [(r.name, model.get_submodule(r.name)) for r in record.regions]
+    return [(r.name, region_graph(model, r.name)) for r in record.regions]
 
 
 def _where(name: str) -> str:
@@ -155,9 +155,9 @@ def _replay_regions(shell: nn.Module, saved: QuantRecord, config: QuantConfig,
     observe_regions(shell, prepared, config, replay=True)
     record = dataclasses.replace(saved, config=config, layers=[])
     for region in saved.regions:
-        _use_recorded_ranges(shell.get_submodule(region.name), info[region.name], region.name)
-        convert_region(shell, region.name, shell.get_submodule(region.name), record, replay=True)
-        _check_same(shell.get_submodule(region.name), info[region.name], region.name, versions)
+        _use_recorded_ranges(region_graph(shell, region.name), info[region.name], region.name)
+        convert_region(shell, region.name, region_graph(shell, region.name), record, replay=True)
+        _check_same(region_graph(shell, region.name), info[region.name], region.name, versions)
     return record
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -36,6 +37,9 @@ from .format import (
 from .replay import replay_info
 from .skeleton import is_hf_model
 from .tensors import bytes_by_dtype, file_sha256, unique_tensors, write_tensors
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def versions() -> dict[str, str]:
@@ -71,7 +75,7 @@ def _model_info(model: nn.Module, record: QuantRecord) -> ModelInfo:
     return ModelInfo(record.source_class, "", "module")
 
 
-def _write_hf_files(model: nn.Module, folder: Path) -> None:
+def _write_hf_files(model: PreTrainedModel, folder: Path) -> None:
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
     config.save_pretrained(folder)
@@ -131,7 +135,7 @@ def save(qmodel: nn.Module, directory: str | os.PathLike[str]) -> Path:
         info = WeightsInfo(WEIGHTS_FILE, weights.stat().st_size, file_sha256(weights), aliases,
                            bytes_by_dtype(tensors))
         model_info = _model_info(qmodel, record)
-        if model_info.kind == "transformers":
+        if is_hf_model(qmodel):  # model_info.kind == "transformers"
             _write_hf_files(qmodel, folder)
         manifest = Manifest(model_info, record, replay, info, versions())
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",

@@ -18,12 +18,15 @@ import copy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from torch import nn
 
 from ..errors import SaveLoadError
 from .format import ModelInfo
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _to_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> nn.Parameter | None:
@@ -98,7 +101,7 @@ def unmaterialized(model: nn.Module) -> list[str]:
     return [name for name, t in tensors if t.is_meta]
 
 
-def is_hf_model(model: nn.Module) -> bool:
+def is_hf_model(model: nn.Module) -> TypeGuard[PreTrainedModel]:
     transformers = sys.modules.get("transformers")
     return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 
