@@ -81,6 +81,7 @@ class AccuracyTarget:
 
 @dataclass
 class KeptLayer:
+    """A layer kept out of int8 (or at other bits) to meet the target, and why."""
     name: str
     rank: int  # 1 = most sensitive
     sensitivity: float  # the model's relative output error with this layer alone quantized

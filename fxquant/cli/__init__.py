@@ -79,6 +79,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``fxquant`` command's argument parser (its subcommands and options)."""
     p = argparse.ArgumentParser(prog="fxquant", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
@@ -110,6 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``fxquant`` command: run the subcommand ``argv`` names; returns the exit status."""
     args = parser().parse_args(argv)
     try:
         return _run(args)

@@ -49,6 +49,7 @@ def _extras(m: Manifest) -> str:
 
 
 def inspect_saved(folder: Path, as_json: bool) -> int:
+    """``fxquant inspect`` on a saved folder: print its manifest as tables or JSON."""
     manifest = read_manifest(folder)
     if as_json:
         print(json.dumps(manifest.to_dict(), indent=2))

@@ -141,11 +141,6 @@ def packed_weight(codes: torch.Tensor, zero_point: torch.Tensor, geometry: Geome
     return entry.packed
 
 
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
-
-
 def quantize(x: torch.Tensor, scale: float, zero_point: int, reduce_range: bool) -> torch.Tensor:
     """uint8 activation codes of ``x`` in ``x``'s memory layout (7-bit when ``reduce_range``)."""
     _consume_deprecation_warning()
