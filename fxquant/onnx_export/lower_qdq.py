@@ -33,21 +33,33 @@ def lower_fake_quantize_dynamic(ctx: LoweringContext, node: onnx.NodeProto) -> N
     dequantize(ctx.b, q, s, z, x, out=node.output[0])
 
 
+def _remember_qparams(ctx: LoweringContext, q: str, scale: str, zero_point: str) -> None:
+    """Record the scale and zero-point tensors of the ``QuantizeLinear`` that wrote ``q``."""
+    ctx.b.remember(("qparams", q), (scale, zero_point))
+
+
+def _qparams(ctx: LoweringContext, q: str) -> tuple[str, str] | None:
+    """(scale, zero-point) tensors of the ``QuantizeLinear`` that wrote ``q``, or None."""
+    found: tuple[str, str] | None = ctx.b.memo(("qparams", q))
+    return found
+
+
 def lower_quantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     x = node.input[0]
     q, s, z = static_quantize(
         ctx.b, x, float(np.float32(a["scale"])), int(a["zero_point"]), x, out=node.output[0]
     )
-    ctx.b.remember(("qparams", q), (s, z))
+    _remember_qparams(ctx, q, s, z)
 
 
 def lower_dequantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
     q = node.input[0]
-    params = ctx.b.memo(("qparams", q))
+    params = _qparams(ctx, q)
     if params is None:
         raise ExportError(
             f"dequantize_activation reads {q!r}, which no fxquant quantize_activation produced; "
             "fxquant only exports the quantize -> dequantize pairs its own passes insert."
         )
-    dequantize(ctx.b, q, *params, q, out=node.output[0])
+    scale, zero_point = params
+    dequantize(ctx.b, q, scale, zero_point, base=q, out=node.output[0])

@@ -30,7 +30,7 @@ _ACTIVATIONS = {
 def _calibration(config: QuantConfig | None, record: Mapping[str, Any]) -> tuple[str, str]:
     if config is None or config.mode != "static":
         return "none", "0"
-    method = config.activation_observer
+    method: str = config.activation_observer
     if method == "percentile":
         method = f"percentile({config.percentile})"
     elif method == "moving_average":

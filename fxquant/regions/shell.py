@@ -10,15 +10,17 @@ and the user's model never alias.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..inputs import ModelInputs
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def share_copy(model: nn.Module) -> nn.Module:
+
+def share_copy(model: ModuleT) -> ModuleT:
     """A deep copy of ``model`` whose parameters are the user's own objects (not copied)."""
     memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
     return copy.deepcopy(model, memo)
