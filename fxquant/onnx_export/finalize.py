@@ -52,6 +52,7 @@ CONTRIB = {"com.microsoft::MatMulNBits": ("com.microsoft", 1)}
 
 def finalize(model: onnx.ModelProto, opset: int, declared_axes: Set[str] = frozenset(),
              allow_contrib: bool = False) -> None:
+    """Make the lowered file final, in place: domains, opset, IR version, producer, checker."""
     used = {f"{n.domain}::{n.op_type}" for n in all_nodes(model.graph)
             if n.domain not in ("", "ai.onnx")}
     contrib = sorted(used & set(CONTRIB)) if allow_contrib else []

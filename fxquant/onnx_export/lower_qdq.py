@@ -22,12 +22,14 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def lower_dequantize_weight(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``dequantize_weight`` -> DequantizeLinear of the stored codes (along ``axis``)."""
     codes, scale, zp = node.input[:3]
     w = ctx.weights.get(codes, scale, zp, "stored", axis=int(_attrs(node)["axis"]))
     dequantize(ctx.b, w.codes, w.scale, w.zero_point, w.source, out=node.output[0], axis=w.axis)
 
 
 def lower_fake_quantize_dynamic(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``fake_quantize_dynamic`` -> DynamicQuantizeLinear -> DequantizeLinear."""
     x = node.input[0]
     q, s, z = dynamic_quantize(ctx.b, x, x)
     dequantize(ctx.b, q, s, z, x, out=node.output[0])
@@ -45,6 +47,7 @@ def _qparams(ctx: LoweringContext, q: str) -> tuple[str, str] | None:
 
 
 def lower_quantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``quantize_activation`` -> QuantizeLinear to uint8 with the model's scale and zero-point."""
     a = _attrs(node)
     x = node.input[0]
     q, s, z = static_quantize(
@@ -54,6 +57,7 @@ def lower_quantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> Non
 
 
 def lower_dequantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``dequantize_activation`` -> DequantizeLinear with its QuantizeLinear's tensors."""
     q = node.input[0]
     params = _qparams(ctx, q)
     if params is None:

@@ -95,6 +95,7 @@ def accuracy_metadata(config: QuantConfig | None, forms: Mapping[str, int]) -> d
 def write_metadata(
     model: onnx.ModelProto, props: Mapping[str, str], annotations: Mapping[str, tuple[str, str]]
 ) -> None:
+    """Replace the file's ``metadata_props`` and quantization annotations with these."""
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, dict(props))
     del model.graph.quantization_annotation[:]
