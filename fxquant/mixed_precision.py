@@ -34,7 +34,7 @@ from .config import QuantConfig
 from .errors import ConfigError, ExampleInputError
 from .inputs import as_model_inputs
 from .record import record_of
-from .report.error_report import error_report, first_float_output
+from .report import error_report, first_float_output
 
 Metric = Literal["cosine", "relative_error", "top1_agreement"]
 _METRICS = ("cosine", "relative_error", "top1_agreement")

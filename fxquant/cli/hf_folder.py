@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import FormatError, SaveLoadError
-from ..serialize.format import PICKLE_SUFFIXES
+from ..serialize import PICKLE_SUFFIXES
 
 
 @dataclass

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..serialize import read_manifest
-from ..serialize.format import Manifest
+from ..serialize import Manifest, read_manifest
 from .text import size
 
 
