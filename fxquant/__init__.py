@@ -28,7 +28,7 @@ from .errors import (
 from .inputs import ModelInputs
 from .mixed_precision import AccuracyTarget, MixedPrecisionResult, quantize_to_target
 from .onnx_export import export_onnx, onnx_info
-from .passes.pack_weights import portable_model as portable
+from .passes import portable_model as portable
 from .qat import prepare_qat
 from .record import QuantRecord, record_of
 from .report import ErrorReport, error_report

@@ -19,7 +19,7 @@ from torch import nn
 from .config import QuantConfig
 from .errors import AlreadyQuantizedError, CaptureError, ExampleInputError
 from .inputs import ModelInputs, as_model_inputs, check_signature
-from .regions.shell import clear_hooks, share_copy
+from .module_tree import clear_hooks, share_copy
 
 log = logging.getLogger("fxquant")
 _TORCH_DIR = os.path.dirname(torch.__file__)

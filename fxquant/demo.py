@@ -177,6 +177,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo from the command line; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m fxquant.demo",
         description=__doc__.split("\n\n")[0],

@@ -157,9 +157,12 @@ class ONNXExporter:
             else self.exportable_model(inputs)
         )
         exported = self._exported(path)
-        file = onnx_info(path) if exported is None else None
-        mode = exported.mode if exported else file["metadata"].get("fxquant.mode", "float")
-        names_in = list(exported.input_names) if exported else [i["name"] for i in file["inputs"]]
+        if exported is not None:
+            mode, names_in = exported.mode, list(exported.input_names)
+        else:
+            file = onnx_info(path)
+            mode = file["metadata"].get("fxquant.mode", "float")
+            names_in = [i["name"] for i in file["inputs"]]
         half = tuple(t[: max(1, len(t) // 2)] for t in inputs)
         result: dict[str, Any] = {
             "passed": True,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -100,31 +100,40 @@ class _FakeQuantScheme:
         return f"bits={self.bits}, activations={acts}"
 
 
+_T = TypeVar("_T")
+
+
+class _SchemeField(Generic[_T]):
+    """A read-only layer attribute that reads the field of the same name of the layer's
+    ``_scheme`` (a property without a setter, written once)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, layer: None, owner: type) -> _SchemeField[_T]: ...
+
+    @overload
+    def __get__(self, layer: _SchemeAttributes, owner: type) -> _T: ...
+
+    def __get__(self, layer: _SchemeAttributes | None, owner: type) -> _SchemeField[_T] | _T:
+        return self if layer is None else cast(_T, getattr(layer._scheme, self.name))
+
+    def __set__(self, layer: _SchemeAttributes, value: _T) -> None:
+        raise AttributeError(f"{self.name!r} of {type(layer).__name__!r} object has no setter")
+
+
 class _SchemeAttributes:
     """The scheme's fields read as the layer's own (``layer.bits``, ``layer.reduce_range``...), as
     the seed API exposes them."""
 
     _scheme: _FakeQuantScheme
 
-    @property
-    def bits(self) -> int:
-        return self._scheme.bits
-
-    @property
-    def symmetric(self) -> bool:
-        return self._scheme.symmetric
-
-    @property
-    def per_channel(self) -> bool:
-        return self._scheme.per_channel
-
-    @property
-    def quantize_activations(self) -> bool:
-        return self._scheme.quantize_activations
-
-    @property
-    def reduce_range(self) -> bool:
-        return self._scheme.reduce_range
+    bits = _SchemeField[int]()
+    symmetric = _SchemeField[bool]()
+    per_channel = _SchemeField[bool]()
+    quantize_activations = _SchemeField[bool]()
+    reduce_range = _SchemeField[bool]()
 
 
 class FakeQuantizeLinear(_SchemeAttributes, nn.Linear):

@@ -118,6 +118,7 @@ def _structure(inputs: ModelInputs) -> tuple[int, tuple[str, ...]]:
 
 
 def check_finite(inputs: ModelInputs, index: int) -> None:
+    """Refuse calibration batch ``index`` if a floating-point input holds NaN or Inf."""
     named = [(f"input {i}", a) for i, a in enumerate(inputs.args)] + list(inputs.kwargs.items())
     for name, value in named:
         floating = isinstance(value, torch.Tensor) and value.is_floating_point()

@@ -34,7 +34,7 @@ from .config import QuantConfig
 from .errors import ConfigError, ExampleInputError
 from .inputs import as_model_inputs
 from .record import record_of
-from .report.error_report import error_report, first_float_output
+from .report import error_report, first_float_output
 
 Metric = Literal["cosine", "relative_error", "top1_agreement"]
 _METRICS = ("cosine", "relative_error", "top1_agreement")
@@ -81,6 +81,7 @@ class AccuracyTarget:
 
 @dataclass
 class KeptLayer:
+    """A layer kept out of int8 (or at other bits) to meet the target, and why."""
     name: str
     rank: int  # 1 = most sensitive
     sensitivity: float  # the model's relative output error with this layer alone quantized

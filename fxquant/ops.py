@@ -75,15 +75,14 @@ _define(
 # --- activations -----------------------------------------------------------------------------
 
 
-def _fake_quantize_dynamic(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
-    return reference.fake_quantize_dynamic(x, reduce_range)
+def _define_fake_quantize(name: str) -> None:
+    """The op ``name(Tensor x, bool reduce_range) -> Tensor``: ``reference.<name>``, which
+    quantizes and dequantizes ``x`` (shape and dtype kept); it has no fast kernel."""
+    _define(f"{name}(Tensor x, bool reduce_range) -> Tensor", getattr(reference, name),
+            lambda x, reduce_range: torch.empty_like(x))
 
 
-_define(
-    "fake_quantize_dynamic(Tensor x, bool reduce_range) -> Tensor",
-    _fake_quantize_dynamic,
-    lambda x, reduce_range: torch.empty_like(x),
-)
+_define_fake_quantize("fake_quantize_dynamic")
 
 
 def _quantize_activation(x: torch.Tensor, scale: float, zero_point: int,
@@ -125,12 +124,10 @@ def _linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
     return reference.linear_dynamic(x, codes, scale, zero_point, bias, reduce_range)
 
 
-_define(
-    "linear_dynamic(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, Tensor? bias, "
-    "bool reduce_range) -> Tensor",
-    _linear_dynamic,
-    _linear_fake,
-)
+# linear_dynamic and linear_dynamic_per_token take the same arguments.
+_LINEAR_DYNAMIC_SCHEMA = ("(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, Tensor? bias, "
+                          "bool reduce_range) -> Tensor")
+_define(f"linear_dynamic{_LINEAR_DYNAMIC_SCHEMA}", _linear_dynamic, _linear_fake)
 
 
 def _linear_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
@@ -296,15 +293,7 @@ ALL_OPS = (*ALL_OPS, *FUSED_CONV_OPS)
 # kernel (fxquant/kernels/weight_only.py), the rest the reference (dequantize + F.linear).
 
 
-def _fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
-    return reference.fake_quantize_dynamic_per_token(x, reduce_range)
-
-
-_define(
-    "fake_quantize_dynamic_per_token(Tensor x, bool reduce_range) -> Tensor",
-    _fake_quantize_dynamic_per_token,
-    lambda x, reduce_range: torch.empty_like(x),
-)
+_define_fake_quantize("fake_quantize_dynamic_per_token")
 
 
 def _linear_dynamic_per_token(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
@@ -317,12 +306,8 @@ def _linear_dynamic_per_token(x: torch.Tensor, codes: torch.Tensor, scale: torch
     return reference.linear_dynamic_per_token(x, codes, scale, zero_point, bias, reduce_range)
 
 
-_define(
-    "linear_dynamic_per_token(Tensor x, Tensor codes, Tensor scale, Tensor zero_point, "
-    "Tensor? bias, bool reduce_range) -> Tensor",
-    _linear_dynamic_per_token,
-    _linear_fake,
-)
+_define(f"linear_dynamic_per_token{_LINEAR_DYNAMIC_SCHEMA}", _linear_dynamic_per_token,
+        _linear_fake)
 
 
 def _dequantize_weight_grouped(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,

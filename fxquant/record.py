@@ -60,6 +60,8 @@ class LayerRecord:
 
 @dataclass
 class QuantRecord:
+    """How fxquant quantized a model: config, stage, capture, regions, layers and timings
+    (attached to the model; see :func:`record_of`)."""
     config: QuantConfig
     source_class: str
     stage: Stage = "prepared"
@@ -165,6 +167,7 @@ def region_graph(model: nn.Module, name: str) -> fx.GraphModule:
 
 
 def attach(model: nn.Module, record: QuantRecord) -> None:
+    """Attach ``record`` to ``model`` (read back with :func:`record_of`)."""
     # A plain attribute (not a submodule or buffer): it travels with deepcopy and stays out of
     # state_dict().
     object.__setattr__(model, RECORD_ATTR, record)

@@ -23,6 +23,7 @@ from .schemes import WeightScheme
 
 @dataclass(frozen=True)
 class AwqResult:
+    """The per-input-channel scale AWQ chose, at which ``alpha``, and its error there."""
     scale: torch.Tensor  # s, one per input channel (float32)
     alpha: float
     error: float  # sum over the layers of ||X W^T - X Q(W s)^T / ...||^2 at the chosen alpha
@@ -30,6 +31,7 @@ class AwqResult:
 
 
 def awq_scale(mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AWQ's scale ``s = mean|x| ** alpha``, normalised so that ``max(s) * min(s) = 1``."""
     s = mean_abs.float().clamp(min=1e-4).pow(alpha)
     return s / (s.max() * s.min()).sqrt()
 

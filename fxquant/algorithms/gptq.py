@@ -39,6 +39,7 @@ from .schemes import Quantized, WeightScheme
 
 @dataclass(frozen=True)
 class GptqResult:
+    """GPTQ's quantized weight and the damping it needed."""
     weight: Quantized
     damp: float  # the relative damping that made H positive definite
 

@@ -28,6 +28,7 @@ Quantized = numerics.QuantizedWeight | GroupedWeight
 
 @dataclass(frozen=True)
 class WeightScheme:
+    """How one weight is quantized: bits, symmetry, per channel or per group, and options."""
     bits: int
     symmetric: bool
     per_channel: bool = True

@@ -31,12 +31,25 @@ def _version() -> str:
     return f"fxquant {__version__} (torch {torch.__version__})"
 
 
-def _add_quantize(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "quantize", help="quantize a local Hugging Face model folder and save it",
-        description="Load a Hugging Face model folder (save_pretrained layout, safetensors "
-                    "weights), quantize it to int8 and save it with fxquant.save into OUT_DIR "
-                    "(with the folder's tokenizer).")
+# Each command: its line in ``fxquant --help``, and what ``fxquant COMMAND --help`` says first.
+_HELP = {
+    "quantize": "quantize a local Hugging Face model folder and save it",
+    "inspect": "show what a saved folder or an ONNX file holds",
+    "compare": "compare fp32 with its saved int8 model (size, latency, error)",
+}
+_DESCRIPTION = {
+    "quantize": "Load a Hugging Face model folder (save_pretrained layout, safetensors weights), "
+                "quantize it to int8 and save it with fxquant.save into OUT_DIR (with the "
+                "folder's tokenizer).",
+    "inspect": "A folder written by fxquant.save: model, versions, sizes, every layer with its "
+               "scheme and kernel. An .onnx file: inputs, outputs, opsets, int8 vs float bytes, "
+               "quantization metadata.",
+    "compare": "Run the float model of MODEL_DIR and the int8 model saved in QUANT_DIR on the "
+               "same inputs: size, median latency, logits cosine and top-1 agreement.",
+}
+
+
+def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="the float model's folder")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
                    help="where to save the quantized model (a new folder, or an earlier save)")
@@ -52,21 +65,12 @@ def _add_quantize(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
-def _add_inspect(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "inspect", help="show what a saved folder or an ONNX file holds",
-        description="A folder written by fxquant.save: model, versions, sizes, every layer with "
-                    "its scheme and kernel. An .onnx file: inputs, outputs, opsets, int8 vs "
-                    "float bytes, quantization metadata.")
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="a saved folder or an .onnx file")
     p.add_argument("--json", action="store_true", help="print the manifest / onnx_info as JSON")
 
 
-def _add_compare(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "compare", help="compare fp32 with its saved int8 model (size, latency, error)",
-        description="Run the float model of MODEL_DIR and the int8 model saved in QUANT_DIR on "
-                    "the same inputs: size, median latency, logits cosine and top-1 agreement.")
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="the float model's folder")
     p.add_argument("quant_dir", type=Path, metavar="QUANT_DIR", help="its fxquant.save folder")
     p.add_argument("--texts", type=Path, metavar="FILE",
@@ -78,14 +82,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
+_ARGUMENTS = {"quantize": _quantize_arguments, "inspect": _inspect_arguments,
+              "compare": _compare_arguments}
+
+
 def parser() -> argparse.ArgumentParser:
+    """The ``fxquant`` command's argument parser (its subcommands and options)."""
     p = argparse.ArgumentParser(prog="fxquant", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_quantize(commands)
-    _add_inspect(commands)
-    _add_compare(commands)
+    for name, add_arguments in _ARGUMENTS.items():
+        add_arguments(commands.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
     return p
 
 
@@ -110,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``fxquant`` command: run the subcommand ``argv`` names; returns the exit status."""
     args = parser().parse_args(argv)
     try:
         return _run(args)

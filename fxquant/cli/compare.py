@@ -75,6 +75,8 @@ def _errors(ref: nn.Module, quant: nn.Module, batches: list[dict[str, torch.Tens
 
 def compare_command(model_dir: Path, quant_dir: Path, texts: Path | None, batch: int,
                     length: int, rounds: int, as_json: bool) -> int:
+    """``fxquant compare``: the float and the saved int8 model side by side (size, latency,
+    logit error); returns the exit status."""
     from .. import serialize
 
     float_model = load_float_model(model_dir)

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from ..errors import FormatError, SaveLoadError
-from ..serialize.format import PICKLE_SUFFIXES
+from ..serialize import PICKLE_SUFFIXES
 
 
 @dataclass
 class FloatModel:
+    """A Hugging Face model loaded in float from a folder, with its tokenizer if it has one."""
     model: nn.Module
     tokenizer: Any | None  # a transformers tokenizer, when the folder has one
     vocab_size: int
@@ -122,6 +123,7 @@ def model_folder(folder: Path) -> ModelFolder:
 
 
 def load_float_model(folder: Path, progress: bool = True) -> FloatModel:
+    """The float model (and tokenizer) of a Hugging Face model folder."""
     found = model_folder(folder)
     return found.load(found.tokenizer(), progress)
 
@@ -145,6 +147,7 @@ def encode(tokenizer: Any, text: str, max_length: int) -> dict[str, torch.Tensor
 
 
 def random_tokens(vocab_size: int, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    """A seeded batch of random token ids (and a full attention mask)."""
     ids = torch.randint(0, vocab_size, (batch, length),
                         generator=torch.Generator().manual_seed(seed))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

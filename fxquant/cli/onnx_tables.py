@@ -63,6 +63,7 @@ def _ops(info: dict[str, Any]) -> str:
 
 
 def inspect_onnx(path: str, as_json: bool) -> int:
+    """``fxquant inspect`` on an .onnx file: print its ``onnx_info`` as tables or JSON."""
     from ..onnx_export import onnx_info
 
     info = onnx_info(path)

@@ -75,6 +75,8 @@ def _export(qmodel: Any, out: Path, example: dict[str, Any]) -> Path:
 
 def quantize_command(model_dir: Path, out: Path, mode: str, texts: Path | None, onnx: bool,
                      max_length: int, quiet: bool) -> int:
+    """``fxquant quantize``: quantize a Hugging Face model folder and save it (and its ONNX
+    file when asked); returns the exit status."""
     from .. import api, serialize
 
     config = QuantConfig(mode=mode)  # type: ignore[arg-type]

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..serialize import read_manifest
-from ..serialize.format import Manifest
+from ..serialize import Manifest, read_manifest
 from .text import size
 
 
@@ -49,6 +48,7 @@ def _extras(m: Manifest) -> str:
 
 
 def inspect_saved(folder: Path, as_json: bool) -> int:
+    """``fxquant inspect`` on a saved folder: print its manifest as tables or JSON."""
     manifest = read_manifest(folder)
     if as_json:
         print(json.dumps(manifest.to_dict(), indent=2))

@@ -5,3 +5,13 @@ op computes, used for parity tests and wherever no fast path exists. ``fbgemm`` 
 paths; it is the only module that touches ``torch.ops.quantized`` so those kernels can be replaced.
 ``conv`` holds the fast int8 convolutions (oneDNN, ``torch.ops.onednn``).
 """
+
+from __future__ import annotations
+
+import torch
+
+
+def inference_input(x: torch.Tensor) -> bool:
+    """What every fast int8 kernel needs of its activation: non-empty float32 that no gradient
+    flows through (the fast kernels have no backward)."""
+    return x.dtype == torch.float32 and x.numel() > 0 and not x.requires_grad

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from .. import cpu, numerics
+from . import inference_input
 
 # The last argument of a conv op's geometry: (stride, padding, dilation, groups).
 Geometry = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int]
@@ -47,15 +48,8 @@ def available() -> bool:
 
 def can_run(x: torch.Tensor, codes: torch.Tensor) -> bool:
     """Whether the fast path may apply: a batched float32 CPU input of the weight's rank."""
-    return (
-        x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and codes.dim() in (3, 4)
-        and x.dim() == codes.dim()
-        and x.numel() > 0
-        and not x.requires_grad
-        and available()
-    )
+    return (inference_input(x) and x.device.type == "cpu" and codes.dim() in (3, 4)
+            and x.dim() == codes.dim() and available())
 
 
 @dataclass(frozen=True)
@@ -139,11 +133,6 @@ def packed_weight(codes: torch.Tensor, zero_point: torch.Tensor, geometry: Geome
             del _CACHE[oldest]
         _CACHE[key] = entry
     return entry.packed
-
-
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
 
 
 def quantize(x: torch.Tensor, scale: float, zero_point: int, reduce_range: bool) -> torch.Tensor:

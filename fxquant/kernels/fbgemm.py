@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .. import numerics
+from . import inference_input
 
 _LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
 _LINEAR_STATIC = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
@@ -36,14 +37,7 @@ def available() -> bool:
 
 def can_run(x: torch.Tensor, codes: torch.Tensor) -> bool:
     """Whether the fast path applies: float32 activations on CPU and a 2-D int8 weight."""
-    return (
-        x.dtype == torch.float32
-        and not x.is_cuda
-        and codes.dim() == 2
-        and x.numel() > 0
-        and not x.requires_grad
-        and available()
-    )
+    return inference_input(x) and not x.is_cuda and codes.dim() == 2 and available()
 
 
 @dataclass(frozen=True)

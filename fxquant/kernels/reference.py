@@ -46,6 +46,8 @@ def linear_weight_only(
 def linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                    zero_point: torch.Tensor, bias: torch.Tensor | None,
                    reduce_range: bool) -> torch.Tensor:
+    """The ``linear_dynamic`` op: the input fake-quantized from its own range, then the
+    int8-weight linear."""
     xq = fake_quantize_dynamic(x, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 
@@ -53,6 +55,8 @@ def linear_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
 def linear_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range: bool,
                   codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                   bias: torch.Tensor | None) -> torch.Tensor:
+    """The ``linear_static`` op: the input fake-quantized with its calibrated scale and zero
+    point, then the int8-weight linear."""
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 
@@ -85,6 +89,8 @@ def conv_dynamic(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                  zero_point: torch.Tensor, bias: torch.Tensor | None, reduce_range: bool,
                  stride: list[int], padding: list[int], dilation: list[int], groups: int,
                  relu: bool) -> torch.Tensor:
+    """The ``conv_dynamic`` op: ``conv_int8_weight`` on the input fake-quantized from its own
+    range, with an optional fused ReLU."""
     y = conv_int8_weight(fake_quantize_dynamic(x, reduce_range), codes, scale, zero_point, bias,
                          stride, padding, dilation, groups)
     return torch.relu(y) if relu else y
@@ -94,6 +100,8 @@ def conv_static(x: torch.Tensor, x_scale: float, x_zero_point: int, reduce_range
                 codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                 bias: torch.Tensor | None, stride: list[int], padding: list[int],
                 dilation: list[int], groups: int, relu: bool) -> torch.Tensor:
+    """The ``conv_static`` op: ``conv_int8_weight`` on the input fake-quantized with its
+    calibrated scale and zero point, with an optional fused ReLU."""
     xq = fake_quantize_static(x, x_scale, x_zero_point, reduce_range)
     y = conv_int8_weight(xq, codes, scale, zero_point, bias, stride, padding, dilation, groups)
     return torch.relu(y) if relu else y
@@ -127,6 +135,8 @@ def fake_quantize_dynamic_per_token(x: torch.Tensor, reduce_range: bool) -> torc
 def linear_dynamic_per_token(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                              zero_point: torch.Tensor, bias: torch.Tensor | None,
                              reduce_range: bool) -> torch.Tensor:
+    """The ``linear_dynamic_per_token`` op: each row (token) of the input fake-quantized from
+    its own range, then the int8-weight linear."""
     xq = fake_quantize_dynamic_per_token(x, reduce_range)
     return linear_weight_only(xq, codes, scale, zero_point, bias)
 

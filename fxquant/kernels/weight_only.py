@@ -240,14 +240,9 @@ def linear_int8(
     return linear_int8_reference(x, codes, scale, bias)
 
 
-def linear_int4(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    group_size: int,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
+def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                zero_point: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ w.T + bias`` with a packed group-wise 4-bit ``w`` (see module doc)."""
     if _use_extension(x):
         return torch.ops.fxquant_cpu.linear_int4_wo(x, packed, scale, zero_point, group_size, bias)
@@ -296,14 +291,9 @@ def linear_int8_reference(
     return _blocked_linear(x, n, k, bias, block)
 
 
-def linear_int4_reference(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    group_size: int,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
+def linear_int4_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                          zero_point: torch.Tensor, group_size: int,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
     """PyTorch version of :func:`linear_int4` (the fallback, and the kernel's specification)."""
     _check(packed.dtype == torch.uint8 and packed.dim() == 2, "packed must be uint8 [N, K / 2]")
     _check(group_size > 0 and group_size % 32 == 0, f"group_size={group_size}: a multiple of 32")

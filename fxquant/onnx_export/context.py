@@ -12,6 +12,8 @@ from .weights import WeightTable
 
 @dataclass(frozen=True)
 class LoweringContext:
+    """What a lowering rule reads and writes: the graph builder, the weight table, the scheme."""
+
     b: GraphBuilder
     weights: WeightTable
     scheme: ExportScheme

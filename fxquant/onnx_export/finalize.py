@@ -11,6 +11,8 @@ naming it.
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 import onnx
 
 from .._version import __version__
@@ -48,8 +50,9 @@ def _tidy_output_dims(model: onnx.ModelProto, declared: set[str]) -> None:
 CONTRIB = {"com.microsoft::MatMulNBits": ("com.microsoft", 1)}
 
 
-def finalize(model: onnx.ModelProto, opset: int, declared_axes: set[str] = frozenset(),
+def finalize(model: onnx.ModelProto, opset: int, declared_axes: Set[str] = frozenset(),
              allow_contrib: bool = False) -> None:
+    """Make the lowered file final, in place: domains, opset, IR version, producer, checker."""
     used = {f"{n.domain}::{n.op_type}" for n in all_nodes(model.graph)
             if n.domain not in ("", "ai.onnx")}
     contrib = sorted(used & set(CONTRIB)) if allow_contrib else []

@@ -23,6 +23,7 @@ from .context import LoweringContext
 
 
 def lower_embedding(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``embedding`` -> Gather of int8 rows, then DequantizeLinear of those rows only."""
     b, weights = ctx.b, ctx.weights
     indices, codes, scale, zp = node.input[:4]
     out = node.output[0]

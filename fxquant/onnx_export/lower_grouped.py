@@ -134,6 +134,7 @@ def _count(ctx: LoweringContext, form: str) -> None:
 
 
 def lower_linear_weight_only_grouped(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``linear_weight_only_grouped`` -> MatMulNBits if asked and eligible, else MatMul."""
     b = ctx.b
     group_size = int(_attrs(node)["group_size"])
     w = _read(ctx, list(node.input[1:4]), group_size)
@@ -152,6 +153,7 @@ def lower_linear_weight_only_grouped(ctx: LoweringContext, node: onnx.NodeProto)
 
 
 def lower_dequantize_weight_grouped(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``dequantize_weight_grouped`` -> the float weight, rebuilt in the standard form."""
     group_size = int(_attrs(node)["group_size"])
     w = _read(ctx, list(node.input[:3]), group_size)
     _standard_weight(ctx, w, False, node.output[0])

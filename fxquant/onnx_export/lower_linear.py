@@ -80,6 +80,7 @@ def _int32_bias(ctx: LoweringContext, bias: str, x_scale: str, w: OnnxWeight) ->
 
 
 def lower_linear_dynamic(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``linear_dynamic`` -> DynamicQuantizeLinear, MatMulInteger, Cast, Mul [, Add]."""
     b = ctx.b
     w = _weight(ctx, node)
     xq, xs, xz = dynamic_quantize(b, node.input[0], w.source)
@@ -98,6 +99,7 @@ def lower_linear_dynamic(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 
 def lower_linear_static(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``linear_static`` -> QuantizeLinear, DequantizeLinear, MatMul [, Add of int32 bias]."""
     a = _attrs(node)
     w = _weight(ctx, node)
     x, x_scale = static_qdq(
@@ -115,6 +117,7 @@ def lower_linear_static(ctx: LoweringContext, node: onnx.NodeProto) -> None:
 
 
 def lower_linear_weight_only(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``linear_weight_only`` -> MatMul(x, DequantizeLinear(W)) [, Add]."""
     w = _weight(ctx, node)
     bias = _bias(node)
     _last(

@@ -42,6 +42,7 @@ def token_scaled(b: GraphBuilder, x: str, opset: int) -> tuple[str, str]:
 
 
 def lower_linear_dynamic_per_token(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``linear_dynamic_per_token`` -> x over its row scales, a dynamic layer, Mul(r)."""
     b = ctx.b
     w = _weight(ctx, node)
     xs, r = token_scaled(b, node.input[0], ctx.scheme.opset)
@@ -59,6 +60,7 @@ def lower_linear_dynamic_per_token(ctx: LoweringContext, node: onnx.NodeProto) -
 
 
 def lower_fake_quantize_dynamic_per_token(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``fake_quantize_dynamic_per_token`` -> row-scaled x quantized, dequantized, scaled back."""
     b = ctx.b
     xs, r = token_scaled(b, node.input[0], ctx.scheme.opset)
     q, s, z = dynamic_quantize(b, xs, xs)

@@ -22,32 +22,48 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def lower_dequantize_weight(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``dequantize_weight`` -> DequantizeLinear of the stored codes (along ``axis``)."""
     codes, scale, zp = node.input[:3]
     w = ctx.weights.get(codes, scale, zp, "stored", axis=int(_attrs(node)["axis"]))
     dequantize(ctx.b, w.codes, w.scale, w.zero_point, w.source, out=node.output[0], axis=w.axis)
 
 
 def lower_fake_quantize_dynamic(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``fake_quantize_dynamic`` -> DynamicQuantizeLinear -> DequantizeLinear."""
     x = node.input[0]
     q, s, z = dynamic_quantize(ctx.b, x, x)
     dequantize(ctx.b, q, s, z, x, out=node.output[0])
 
 
+def _remember_qparams(ctx: LoweringContext, q: str, scale: str, zero_point: str) -> None:
+    """Record the scale and zero-point tensors of the ``QuantizeLinear`` that wrote ``q``."""
+    ctx.b.remember(("qparams", q), (scale, zero_point))
+
+
+def _qparams(ctx: LoweringContext, q: str) -> tuple[str, str] | None:
+    """(scale, zero-point) tensors of the ``QuantizeLinear`` that wrote ``q``, or None."""
+    found: tuple[str, str] | None = ctx.b.memo(("qparams", q))
+    return found
+
+
 def lower_quantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``quantize_activation`` -> QuantizeLinear to uint8 with the model's scale and zero-point."""
     a = _attrs(node)
     x = node.input[0]
     q, s, z = static_quantize(
         ctx.b, x, float(np.float32(a["scale"])), int(a["zero_point"]), x, out=node.output[0]
     )
-    ctx.b.remember(("qparams", q), (s, z))
+    _remember_qparams(ctx, q, s, z)
 
 
 def lower_dequantize_activation(ctx: LoweringContext, node: onnx.NodeProto) -> None:
+    """``dequantize_activation`` -> DequantizeLinear with its QuantizeLinear's tensors."""
     q = node.input[0]
-    params = ctx.b.memo(("qparams", q))
+    params = _qparams(ctx, q)
     if params is None:
         raise ExportError(
             f"dequantize_activation reads {q!r}, which no fxquant quantize_activation produced; "
             "fxquant only exports the quantize -> dequantize pairs its own passes insert."
         )
-    dequantize(ctx.b, q, *params, q, out=node.output[0])
+    scale, zero_point = params
+    dequantize(ctx.b, q, scale, zero_point, base=q, out=node.output[0])

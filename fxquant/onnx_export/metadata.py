@@ -30,7 +30,7 @@ _ACTIVATIONS = {
 def _calibration(config: QuantConfig | None, record: Mapping[str, Any]) -> tuple[str, str]:
     if config is None or config.mode != "static":
         return "none", "0"
-    method = config.activation_observer
+    method: str = config.activation_observer
     if method == "percentile":
         method = f"percentile({config.percentile})"
     elif method == "moving_average":
@@ -95,6 +95,7 @@ def accuracy_metadata(config: QuantConfig | None, forms: Mapping[str, int]) -> d
 def write_metadata(
     model: onnx.ModelProto, props: Mapping[str, str], annotations: Mapping[str, tuple[str, str]]
 ) -> None:
+    """Replace the file's ``metadata_props`` and quantization annotations with these."""
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, dict(props))
     del model.graph.quantization_annotation[:]

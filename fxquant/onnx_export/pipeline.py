@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import ExportError
-from ..passes.pack_weights import portable_model
+from ..passes import portable_model
 from . import checks
 from .decoder import decoder_spec, is_causal_lm, wants_kv_cache
 from .dynamic_shapes import traceable_sizes

@@ -81,6 +81,7 @@ def cannot_saturate(placeholder: str, codes: np.ndarray) -> bool:
 
 def resolve_scheme(config: QuantConfig | None, matmul_weights: str,
                    matmul_nbits: bool = False, opset: int = 14) -> ExportScheme:
+    """The export's choices from the model's config and export_onnx's arguments."""
     if matmul_weights not in _CHOICES:
         raise ConfigError(
             f"matmul_weights={matmul_weights!r}: choose 'auto' (int8 where the weight codes "

@@ -50,6 +50,8 @@ CaseBuilder = Callable[[nn.Module], list[ValidationCase]]  # the wrapped twin ->
 
 @dataclass(frozen=True)
 class ExportSpec:
+    """What to trace and how: wrapped module, example inputs, names, axes, validation cases."""
+
     module: nn.Module  # what the exporter traces
     inputs: tuple[torch.Tensor, ...]  # the tracing example
     input_names: list[str]

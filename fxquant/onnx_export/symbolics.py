@@ -75,6 +75,7 @@ def _tensors(*values: _Value) -> list[_Value]:
 
 
 def linear_dynamic(g, x, codes, scale, zero_point, bias, reduce_range):
+    """Placeholder ``linear_dynamic``."""
     rr = _const(reduce_range, "b", "reduce_range")
     out = g.op(f"{DOMAIN}::linear_dynamic", *_tensors(x, codes, scale, zero_point, bias),
                reduce_range_i=int(rr))
@@ -82,6 +83,7 @@ def linear_dynamic(g, x, codes, scale, zero_point, bias, reduce_range):
 
 
 def linear_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias):
+    """Placeholder ``linear_static``."""
     out = g.op(
         f"{DOMAIN}::linear_static", *_tensors(x, codes, scale, zero_point, bias),
         x_scale_f=float(_const(x_scale, "f", "activation scale")),
@@ -92,11 +94,13 @@ def linear_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_
 
 
 def linear_weight_only(g, x, codes, scale, zero_point, bias):
+    """Placeholder ``linear_weight_only``."""
     out = g.op(f"{DOMAIN}::linear_weight_only", *_tensors(x, codes, scale, zero_point, bias))
     return _linear_type(out, x, codes)
 
 
 def embedding(g, indices, codes, scale, zero_point):
+    """Placeholder ``embedding``."""
     out = g.op(f"{DOMAIN}::embedding", indices, codes, scale, zero_point)
     idx = sh._get_tensor_sizes(indices)
     table = sh._get_tensor_sizes(codes)
@@ -105,18 +109,21 @@ def embedding(g, indices, codes, scale, zero_point):
 
 
 def dequantize_weight(g, codes, scale, zero_point, axis):
+    """Placeholder ``dequantize_weight``."""
     out = g.op(f"{DOMAIN}::dequantize_weight", codes, scale, zero_point,
                axis_i=int(_const(axis, "i", "axis")))
     return _set_type(out, codes, torch.float32, sh._get_tensor_sizes(codes))
 
 
 def fake_quantize_dynamic(g, x, reduce_range):
+    """Placeholder ``fake_quantize_dynamic``."""
     out = g.op(f"{DOMAIN}::fake_quantize_dynamic", x,
                reduce_range_i=int(_const(reduce_range, "b", "reduce_range")))
     return _set_type(out, x, torch.float32, sh._get_tensor_sizes(x))
 
 
 def quantize_activation(g, x, scale, zero_point, reduce_range):
+    """Placeholder ``quantize_activation``."""
     out = g.op(
         f"{DOMAIN}::quantize_activation", x,
         scale_f=float(_const(scale, "f", "activation scale")),
@@ -127,6 +134,7 @@ def quantize_activation(g, x, scale, zero_point, reduce_range):
 
 
 def dequantize_activation(g, q, scale, zero_point):
+    """Placeholder ``dequantize_activation``."""
     out = g.op(
         f"{DOMAIN}::dequantize_activation", q,
         scale_f=float(_const(scale, "f", "activation scale")),
@@ -147,6 +155,7 @@ def _conv(g, x, w, codes, bias, stride, padding, dilation, groups, relu):
 
 def conv_dynamic(g, x, codes, scale, zero_point, bias, reduce_range, stride, padding, dilation,
                  groups, relu):
+    """``conv_dynamic`` as its unfused placeholders plus Conv [+ Relu]."""
     xq = fake_quantize_dynamic(g, x, reduce_range)
     w = dequantize_weight(g, codes, scale, zero_point, 0)
     return _conv(g, xq, w, codes, bias, stride, padding, dilation, groups, relu)
@@ -154,6 +163,7 @@ def conv_dynamic(g, x, codes, scale, zero_point, bias, reduce_range, stride, pad
 
 def conv_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_point, bias, stride,
                 padding, dilation, groups, relu):
+    """``conv_static`` as its unfused placeholders plus Conv [+ Relu]."""
     q = quantize_activation(g, x, x_scale, x_zero_point, reduce_range)
     xq = dequantize_activation(g, q, x_scale, x_zero_point)
     w = dequantize_weight(g, codes, scale, zero_point, 0)
@@ -161,6 +171,7 @@ def conv_static(g, x, x_scale, x_zero_point, reduce_range, codes, scale, zero_po
 
 
 def linear_dynamic_per_token(g, x, codes, scale, zero_point, bias, reduce_range):
+    """Placeholder ``linear_dynamic_per_token``."""
     rr = _const(reduce_range, "b", "reduce_range")
     out = g.op(f"{DOMAIN}::linear_dynamic_per_token",
                *_tensors(x, codes, scale, zero_point, bias), reduce_range_i=int(rr))
@@ -168,12 +179,14 @@ def linear_dynamic_per_token(g, x, codes, scale, zero_point, bias, reduce_range)
 
 
 def fake_quantize_dynamic_per_token(g, x, reduce_range):
+    """Placeholder ``fake_quantize_dynamic_per_token``."""
     out = g.op(f"{DOMAIN}::fake_quantize_dynamic_per_token", x,
                reduce_range_i=int(_const(reduce_range, "b", "reduce_range")))
     return _set_type(out, x, torch.float32, sh._get_tensor_sizes(x))
 
 
 def linear_weight_only_grouped(g, x, codes, scale, zero_point, bias, group_size):
+    """Placeholder ``linear_weight_only_grouped``."""
     out = g.op(f"{DOMAIN}::linear_weight_only_grouped",
                *_tensors(x, codes, scale, zero_point, bias),
                group_size_i=int(_const(group_size, "i", "group size")))
@@ -184,6 +197,7 @@ def linear_weight_only_grouped(g, x, codes, scale, zero_point, bias, group_size)
 
 
 def dequantize_weight_grouped(g, codes, scale, zero_point, group_size):
+    """Placeholder ``dequantize_weight_grouped``."""
     size = int(_const(group_size, "i", "group size"))
     out = g.op(f"{DOMAIN}::dequantize_weight_grouped", codes, scale, zero_point,
                group_size_i=size)

@@ -37,8 +37,10 @@ def _run_exporter(model: nn.Module, inputs: tuple[Any, ...], buffer: io.BytesIO 
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # The exporter's own remarks on how it lowered an op (e.g. advanced indexing).
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx\..*")
+        # torch types ``f`` as a path, but the TorchScript exporter (dynamo=False) also writes
+        # to a file-like object (its own _export says so), which is how the file stays in memory.
         torch.onnx.export(
-            model, inputs, buffer,
+            model, inputs, buffer,  # type: ignore[arg-type]
             dynamo=False,
             opset_version=opset,
             input_names=list(input_names),

@@ -27,7 +27,7 @@ from ..kernels import reference as kernels
 from .bias import rounded_bias
 
 # fxquant op -> index of its reduce_range argument
-_REDUCE_RANGE_ARG = {
+_REDUCE_RANGE_ARG: dict[fx.node.Target, int] = {
     ops.linear_dynamic: 5,
     ops.fake_quantize_dynamic: 1,
     ops.linear_static: 3,
@@ -47,8 +47,8 @@ def _full_range(node: fx.Node) -> None:
         node.args = tuple(args)
 
 
-def _static_bias(node: fx.Node) -> tuple[fx.Node, float, fx.Node] | None:
-    """(bias get_attr, activation scale, weight-scale get_attr) of a static linear or conv."""
+def _static_bias(node: fx.Node) -> tuple[str, float, str] | None:
+    """(bias attribute, activation scale, weight-scale attribute) of a static linear or conv."""
     if node.target in (ops.linear_static, ops.conv_static):  # the same argument positions
         bias, x_scale, w_scale = node.args[7], node.args[1], node.args[5]
     elif node.target in CONV_FNS and len(node.args) > 2:
@@ -66,11 +66,14 @@ def _static_bias(node: fx.Node) -> tuple[fx.Node, float, fx.Node] | None:
     if not (
         isinstance(bias, fx.Node)
         and bias.op == "get_attr"
+        and isinstance(bias.target, str)
+        and isinstance(x_scale, (int, float))  # the ops' schema: ``float x_scale``
         and isinstance(w_scale, fx.Node)
         and w_scale.op == "get_attr"
+        and isinstance(w_scale.target, str)
     ):
         return None
-    return bias, float(x_scale), w_scale
+    return bias.target, float(x_scale), w_scale.target
 
 
 def _round_bias(twin: fx.GraphModule, node: fx.Node) -> None:
@@ -78,8 +81,8 @@ def _round_bias(twin: fx.GraphModule, node: fx.Node) -> None:
     if found is None:
         return
     bias, x_scale, w_scale = found
-    tensor = fetch_attr(twin, bias.target)
-    value = rounded_bias(tensor.detach().numpy(), x_scale, fetch_attr(twin, w_scale.target).numpy())
+    tensor = fetch_attr(twin, bias)
+    value = rounded_bias(tensor.detach().numpy(), x_scale, fetch_attr(twin, w_scale).numpy())
     with torch.no_grad():
         tensor.copy_(torch.from_numpy(value))
 

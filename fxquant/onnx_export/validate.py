@@ -55,6 +55,8 @@ BOUNDS = {
 
 @dataclass(frozen=True)
 class OutputCheck:
+    """One output of one validation run, held to its bound against the twin."""
+
     name: str
     case: str  # which validation run ("example", "prefill", "decode 1", ...)
     error: float  # rms(ORT - twin) over the real positions
@@ -91,6 +93,8 @@ class OutputCheck:
 
 @dataclass(frozen=True)
 class ValidationReport:
+    """Every output check of a validation, with the bounds they were held to."""
+
     mode: str
     bounds: tuple[float, float]  # (units of activation rounding, relative)
     outputs: tuple[OutputCheck, ...] = field(default_factory=tuple)

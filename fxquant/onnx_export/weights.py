@@ -127,7 +127,8 @@ class WeightTable:
         q = self.b.array(codes)
         if q.dtype != np.int8:
             raise ExportError(f"{codes} holds {q.dtype}, not int8 codes.")
-        s = self.b.array(scale).astype(np.float32).reshape(-1)
+        # any rank: per-channel (1-D) until found to be per-tensor (0-D)
+        s: np.ndarray = self.b.array(scale).astype(np.float32).reshape(-1)
         z = _int8_zero_point(self.b.array(zero_point).reshape(-1), codes)
         if transposed:
             if q.ndim != 2:

@@ -42,10 +42,12 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def too_large_for_one_file(model: onnx.ModelProto) -> bool:
+    """True when the initializers exceed what one protobuf file can hold (external data)."""
     return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def data_file_name(target: Path) -> str:
+    """The external data file's name next to ``target``."""
     return f"{target.name}.data"
 
 

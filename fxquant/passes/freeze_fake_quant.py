@@ -24,7 +24,7 @@ import torch.fx as fx
 from ..errors import CalibrationError
 from ..fake_quantizers import ActivationFakeQuant, FrozenRangeObserver, WeightFakeQuant
 from ..graph import fetch_attr
-from ..regions.shell import set_submodule
+from ..module_tree import set_submodule
 from .functional_forms import transposed_weight
 from .infra import Pass, PassContext, PassResult
 from .nodes import left_over, node_arg, rewrite_module_calls, target_of

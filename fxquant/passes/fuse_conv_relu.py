@@ -53,21 +53,21 @@ def _conv_without_relu(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in ops.FUSED_CONV_OPS and not node.args[-1]
 
 
+def _fuse(gm: fx.GraphModule, conv: fx.Node, relu: fx.Node) -> None:
+    conv.args = (*conv.args[:-1], True)
+    relu.replace_all_uses_with(conv)
+    gm.graph.erase_node(relu)
+
+
 def run_fuse_conv_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     modified = False
     for node in list(gm.graph.nodes):
-        if not _conv_without_relu(node):
-            continue
-        relu = _relu_user(gm, node)
-        if relu is None:
-            continue
+        relu = _relu_user(gm, node) if _conv_without_relu(node) else None
         if isinstance(relu, str):
             ctx.refuse(PASS, node, relu)
-            continue
-        node.args = (*node.args[:-1], True)
-        relu.replace_all_uses_with(node)
-        gm.graph.erase_node(relu)
-        modified = True
+        elif relu is not None:
+            _fuse(gm, node, relu)
+            modified = True
     return PassResult(gm, modified)
 
 

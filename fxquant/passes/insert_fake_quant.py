@@ -28,8 +28,8 @@ import torch.fx as fx
 
 from ..fake_quantizers import ActivationFakeQuant, WeightFakeQuant
 from ..graph import add_module, fetch_attr, kind_of, meta
+from ..module_tree import set_submodule
 from ..observers import Observer, WeightObserver
-from ..regions.shell import set_submodule
 from .infra import Pass, PassContext, PassResult
 from .nodes import left_over, node_arg, rewrite_module_calls, target_of
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from .. import passes
 from ..fake_quantizers import ActivationFakeQuant
+from ..module_tree import set_submodule, share_copy
 from ..record import attach, record_of, stage_of
-from ..regions.shell import set_submodule, share_copy
 from .prepare import QAT_STAGE, fake_quantizers, graphs
 
 

@@ -23,9 +23,9 @@ from ..errors import ConfigError
 from ..fake_quantizers import ActivationFakeQuant, WeightFakeQuant
 from ..graph import fetch_attr
 from ..inputs import as_model_inputs, calibration_batches
+from ..module_tree import set_submodule
 from ..record import record_of
 from ..regions.compile import region_modules
-from ..regions.shell import set_submodule
 
 QAT_STAGE = "qat"
 

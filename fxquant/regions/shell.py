@@ -5,32 +5,23 @@ copies every module object and buffer but *shares* the user's ``nn.Parameter`` o
 read them to compute int8 codes and never write them. Whatever float parameter is still shared when
 conversion ends (LayerNorms, a skipped layer) is cloned then (``unshare``), so the returned model
 and the user's model never alias.
+
+``share_copy``, ``clear_hooks`` and ``set_submodule`` live in ``fxquant/module_tree.py`` (capture,
+passes and qat use them too, below ``regions/``); they are imported here for the shell's users.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..inputs import ModelInputs
+from ..module_tree import clear_hooks, set_submodule, share_copy
 
-
-def share_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose parameters are the user's own objects (not copied)."""
-    memo: dict[int, Any] = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-    return copy.deepcopy(model, memo)
-
-
-def clear_hooks(model: nn.Module) -> None:
-    """The copy shares the user's hook functions; they must not fire during capture (side effects
-    on the user's state), and the quantized model does not run them."""
-    for module in model.modules():
-        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks):
-            hooks.clear()
-
+__all__ = ["clear_hooks", "holds_matrices", "own_matrices", "record_calls", "set_submodule",
+           "share_copy", "storages", "unshare"]
 
 def storages(model: nn.Module) -> set[int]:
     """The storages of ``model``'s parameters (to tell later what still aliases them)."""
@@ -59,12 +50,6 @@ def unshare(model: nn.Module, user_storages: set[int]) -> int:
                         t.untyped_storage().data_ptr() in user_storages):
                     table[name] = own(t)  # type: ignore[assignment]
     return len(clones)
-
-
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def record_calls(model: nn.Module, inputs: ModelInputs, max_calls: int = 2) -> tuple[

@@ -8,6 +8,6 @@
 
 from __future__ import annotations
 
-from .error_report import ErrorReport, Errors, LayerError, error_report
+from .error_report import ErrorReport, Errors, LayerError, error_report, first_float_output
 
-__all__ = ["ErrorReport", "Errors", "LayerError", "error_report"]
+__all__ = ["ErrorReport", "Errors", "LayerError", "error_report", "first_float_output"]

@@ -55,6 +55,7 @@ class Errors:
 
 @dataclass
 class LayerError:
+    """One quantized layer's errors in the report, per variant."""
     name: str
     kind: str
     scheme: str

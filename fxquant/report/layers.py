@@ -21,6 +21,7 @@ from torch import nn
 from .. import ops
 from ..errors import FxQuantError
 from ..graph import fetch_attr
+from ..passes import portable
 from ..record import record_of, region_graph
 
 
@@ -84,8 +85,6 @@ def _graphs(qmodel: nn.Module) -> list[tuple[str, fx.GraphModule]]:
 def _op_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """``gm`` with fxquant's ops (the graph the runtime form was packed from, if it was)."""
     if gm.meta.get("fxquant", {}).get("packed"):
-        from ..passes.pack_weights import portable
-
         return portable(gm)
     return gm
 

@@ -11,9 +11,16 @@ no fp32 weights, outputs bit-identical to the saved model's.
 
 from __future__ import annotations
 
-from .format import FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest
+from .format import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    Manifest,
+    read_manifest,
+)
 from .load import load
 from .save import save
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "WEIGHTS_FILE", "Manifest", "load", "read_manifest",
-           "save"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_FILE", "PICKLE_SUFFIXES", "WEIGHTS_FILE", "Manifest", "load",
+           "read_manifest", "save"]

@@ -43,6 +43,7 @@ class RegionReplay:
 
 @dataclass
 class WeightsInfo:
+    """The manifest's entry for the safetensors file: name, size, checksum, tied keys."""
     file: str
     size_bytes: int
     sha256: str
@@ -54,6 +55,7 @@ class WeightsInfo:
 
 @dataclass
 class ModelInfo:
+    """The manifest's entry for the model: its class and how ``fxquant.load`` rebuilds it."""
     class_name: str
     module: str
     # "transformers": rebuilt from config.json by fxquant.load; "module": needs a float skeleton.
@@ -63,6 +65,7 @@ class ModelInfo:
 
 @dataclass
 class Manifest:
+    """Everything a saved folder holds besides the tensors (``manifest.json``)."""
     model: ModelInfo
     record: QuantRecord
     replay: dict[str, RegionReplay]

@@ -99,20 +99,17 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], record: Quant
     def where(key: str) -> str:
         return f"{key!r} (layer {layers.get(key, key.rpartition('.')[0] or key)})"
 
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise FormatError(
-            f"the weights file lacks {len(missing)} tensor(s) the model needs, first "
-            f"{where(missing[0])}: the file is not this model's (or was edited). Save the "
-            "model again."
-        )
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise FormatError(
-            f"the weights file holds {len(unexpected)} tensor(s) the rebuilt model has no place "
-            f"for, first {where(unexpected[0])}: the float model passed is not the one that was "
-            "quantized, or the file was edited."
-        )
+    for keys, problem in (
+        ([k for k in expected if k not in state],
+         "the weights file lacks {n} tensor(s) the model needs, first {first}: the file is not "
+         "this model's (or was edited). Save the model again."),
+        ([k for k in state if k not in expected],
+         "the weights file holds {n} tensor(s) the rebuilt model has no place for, first "
+         "{first}: the float model passed is not the one that was quantized, or the file was "
+         "edited."),
+    ):
+        if keys:
+            raise FormatError(problem.format(n=len(keys), first=where(keys[0])))
     for key, want in expected.items():
         got = state[key]
         if got.shape != want.shape or got.dtype != want.dtype:

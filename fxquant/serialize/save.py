@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 
 def versions() -> dict[str, str]:
+    """The versions of fxquant, torch, safetensors, Python (and transformers when loaded)
+    that wrote a file."""
     import safetensors
 
     out = {"fxquant": __version__, "torch": torch.__version__,

@@ -102,6 +102,8 @@ def unmaterialized(model: nn.Module) -> list[str]:
 
 
 def is_hf_model(model: nn.Module) -> TypeGuard[PreTrainedModel]:
+    """Whether ``model`` is a transformers ``PreTrainedModel`` (without importing
+    transformers)."""
     transformers = sys.modules.get("transformers")
     return transformers is not None and isinstance(model, transformers.PreTrainedModel)
 

@@ -54,10 +54,12 @@ def unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to a safetensors file with string ``metadata``."""
     save_file(tensors, str(path), metadata=metadata)
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -88,6 +90,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def bytes_by_dtype(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes of ``tensors`` per dtype name (``int8``, ``float32``, ...)."""
     out: dict[str, int] = {}
     for t in tensors.values():
         name = str(t.dtype).removeprefix("torch.")

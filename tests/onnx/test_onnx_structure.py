@@ -128,3 +128,19 @@ def test_dynamic_mode_writes_onnxruntimes_exact_pattern(exported):
     assert inits["0.w_int8"].data_type == inits["0.w_zp"].data_type == TensorProto.INT8
     assert [n.op_type for n in model.graph.node][:6] == [
         "DynamicQuantizeLinear", "Mul", "MatMulInteger", "Cast", "Mul", "Add"]
+
+
+def test_static_conv_activation_is_one_qdq_pair(exported):
+    """A static conv's activation goes through lower_qdq's quantize_activation and
+    dequantize_activation: the DequantizeLinear reads the codes with the QuantizeLinear's own
+    scale and zero-point tensors, and feeds the Conv."""
+    model = onnx.load(exported("convnet", "static").path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2
+    for conv in convs:
+        dq = producer[conv.input[0]]
+        assert dq.op_type == "DequantizeLinear"
+        q = producer[dq.input[0]]
+        assert q.op_type == "QuantizeLinear"
+        assert list(dq.input[1:]) == list(q.input[1:])

@@ -106,28 +106,40 @@ void run_tiled(const at::Tensor& x2, int64_t N, int64_t K, const float* bias, at
   });
 }
 
-at::Tensor linear_int8_wo(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
-                          const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be [N, K], got ", codes.sizes());
-  const int64_t N = codes.size(0), K = codes.size(1);
-  check_param(codes, at::kChar, {N, K}, "codes");
-  check_param(scale, at::kFloat, {N}, "scale");
+// What both ops share once their weight is checked: check x and bias, view x as [M, K] rows,
+// then the tiled-BLAS path from tile_min_rows_for(bits) rows on (dequant fills a tile of weight
+// rows), else row_path(x2, M, out) with the row kernels. Returns y shaped like x with N last.
+template <class Dequant, class RowPath>
+at::Tensor linear_wo(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t N,
+                     int64_t K, int64_t bits, Dequant dequant, RowPath row_path) {
   check_x(x, K);
   const float* b = checked_bias(bias, N);
   const at::Tensor x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return output_view(y, x, N);
-  const Int8Weight w{codes.data_ptr<int8_t>(), scale.data_ptr<float>(), K};
-  if (M >= tile_min_rows_for(8).load()) {
-    run_tiled(x2, N, K, b, y,
-              [&](int64_t n0, int64_t n1, float* t) { int8_dequant_rows(w, n0, n1, t); });
+  if (M >= tile_min_rows_for(bits).load()) {
+    run_tiled(x2, N, K, b, y, dequant);
   } else {
-    const Output out{y.data_ptr<float>(), N, b};
-    const float* xp = x2.data_ptr<float>();
-    run_rows(M, N, K, [&](int64_t n0, int64_t n1) { int8_rows(xp, M, w, n0, n1, out); });
+    row_path(x2, M, Output{y.data_ptr<float>(), N, b});
   }
   return output_view(y, x, N);
+}
+
+at::Tensor linear_int8_wo(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
+                          const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be [N, K], got ", codes.sizes());
+  const int64_t N = codes.size(0), K = codes.size(1);
+  check_param(codes, at::kChar, {N, K}, "codes");
+  check_param(scale, at::kFloat, {N}, "scale");
+  const Int8Weight w{codes.data_ptr<int8_t>(), scale.data_ptr<float>(), K};
+  return linear_wo(
+      x, bias, N, K, 8,
+      [&](int64_t n0, int64_t n1, float* t) { int8_dequant_rows(w, n0, n1, t); },
+      [&](const at::Tensor& x2, int64_t M, const Output& out) {
+        const float* xp = x2.data_ptr<float>();
+        run_rows(M, N, K, [&](int64_t n0, int64_t n1) { int8_rows(xp, M, w, n0, n1, out); });
+      });
 }
 
 at::Tensor linear_int4_wo(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
@@ -142,27 +154,19 @@ at::Tensor linear_int4_wo(const at::Tensor& x, const at::Tensor& packed, const a
   check_param(packed, at::kByte, {N, K / 2}, "packed");
   check_param(scale, at::kFloat, {N, G}, "scale");
   check_param(zero_point, at::kByte, {N, G}, "zero_point");
-  check_x(x, K);
-  const float* b = checked_bias(bias, N);
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
-  const int64_t M = x2.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return output_view(y, x, N);
   const Int4Weight w{packed.data_ptr<uint8_t>(), scale.data_ptr<float>(),
                      zero_point.data_ptr<uint8_t>(), K, group_size};
-  if (M >= tile_min_rows_for(4).load()) {
-    run_tiled(x2, N, K, b, y,
-              [&](int64_t n0, int64_t n1, float* t) { int4_dequant_rows(w, n0, n1, t); });
-  } else {
-    const Output out{y.data_ptr<float>(), N, b};
-    at::Tensor xp = at::empty({M, K}, x.options()), xsum = at::empty({M, G}, x.options());
-    int4_prepare_x(x2.data_ptr<float>(), M, K, group_size, xp.data_ptr<float>(),
-                   xsum.data_ptr<float>());
-    const float* xpp = xp.data_ptr<float>();
-    const float* xs = xsum.data_ptr<float>();
-    run_rows(M, N, K, [&](int64_t n0, int64_t n1) { int4_rows(xpp, xs, M, w, n0, n1, out); });
-  }
-  return output_view(y, x, N);
+  return linear_wo(
+      x, bias, N, K, 4,
+      [&](int64_t n0, int64_t n1, float* t) { int4_dequant_rows(w, n0, n1, t); },
+      [&](const at::Tensor& x2, int64_t M, const Output& out) {
+        at::Tensor xp = at::empty({M, K}, x.options()), xsum = at::empty({M, G}, x.options());
+        int4_prepare_x(x2.data_ptr<float>(), M, K, group_size, xp.data_ptr<float>(),
+                       xsum.data_ptr<float>());
+        const float* xpp = xp.data_ptr<float>();
+        const float* xs = xsum.data_ptr<float>();
+        run_rows(M, N, K, [&](int64_t n0, int64_t n1) { int4_rows(xpp, xs, M, w, n0, n1, out); });
+      });
 }
 
 // Benchmarks and tests move the row-kernel / tiled-BLAS threshold of the int8 or int4 op;
