@@ -78,12 +78,14 @@ def add_buffer(gm: fx.GraphModule, source: str, role: str, tensor: torch.Tensor)
 
 
 def add_module(gm: fx.GraphModule, source: str, role: str, module: nn.Module) -> str:
+    """Register ``module`` in ``fxq``; returns its qualified target for call_module."""
     name = unique_name(gm, source, role)
     container(gm).add_module(name, module)
     return f"{CONTAINER}.{name}"
 
 
 def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    """The object a dotted ``target`` (of a get_attr or call_module) names under ``gm``."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

@@ -100,6 +100,8 @@ def time_models(
 
 
 def latency_summary(samples_ms: list[float], batch_size: int) -> dict[str, float]:
+    """Median and minimum of ``samples_ms`` (one forward pass each), and the throughput at the
+    median for ``batch_size`` samples per pass."""
     median = statistics.median(samples_ms)
     return {
         "latency_ms": median,

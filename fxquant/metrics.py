@@ -21,6 +21,8 @@ def top1_accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def resolve_metric(metric: str | Metric | None) -> Metric | None:
+    """The metric ``metric`` names: None or a callable as given, ``'accuracy'`` or ``'top1'`` is
+    :func:`top1_accuracy`; any other name is a ValueError."""
     if metric is None or callable(metric):
         return metric
     if metric in ("accuracy", "top1"):

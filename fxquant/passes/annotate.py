@@ -64,6 +64,7 @@ def _annotate_group(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> None
 
 
 def run_annotate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     for node in gm.graph.nodes:
         kind = kind_of(node)
         if kind is None:
@@ -90,6 +91,8 @@ def _unannotated(node: fx.Node) -> str | None:
 
 
 def verify_annotate(gm: fx.GraphModule) -> str | None:
+    """Check that every canonical quantizable node has a quantize decision, with ``kind`` and
+    ``mode`` when quantized and a ``reason`` when not; the first violation, or None."""
     for node in gm.graph.nodes:
         why = _unannotated(node) if kind_of(node) else None
         if why is not None:

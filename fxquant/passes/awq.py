@@ -30,6 +30,7 @@ PASS = "awq"
 
 
 def run_awq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     if ctx.config.weight_method != "awq":
         return PassResult(gm, False)
 

@@ -32,6 +32,10 @@ aten = torch.ops.aten
 
 @dataclass(frozen=True)
 class BatchNorm:
+    """One BatchNorm, whatever its spelling: its input, the node holding its output, the nodes to
+    erase once that has no users, its tensors and ``eps``, and ``refusal``: why it cannot be folded,
+    or None."""
+
     name: str
     input: object
     output: fx.Node  # the node whose value is the normalised tensor

@@ -39,6 +39,7 @@ def run_batches(gm: fx.GraphModule, batches: Iterable[Any], example: Any, progre
 
 
 def run_calibrate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     observers = [m for m in gm.modules() if isinstance(m, Observer)]
     if not observers:
         return PassResult(gm, False)

@@ -92,6 +92,7 @@ def _module_candidate(node: fx.Node, candidates: set[str]) -> bool:
 
 
 def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     candidates = _modules_with_weights(gm)
     modified = False
     for node in list(gm.graph.nodes):
@@ -106,6 +107,8 @@ def run_canonicalize(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_canonicalize(gm: fx.GraphModule) -> str | None:
+    """Check that no supported weight module is still called as a module and that every canonical op
+    on a ``get_attr`` weight records its ``source``; the first violation, or None."""
     candidates = _modules_with_weights(gm)
     for node in gm.graph.nodes:
         if _module_candidate(node, candidates) and _supported(fetch_attr(gm, target_of(node))):

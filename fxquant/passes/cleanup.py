@@ -18,6 +18,7 @@ from .nodes import left_over, module_calls, target_of
 
 
 def run_cleanup(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     changed = gm.graph.eliminate_dead_code()
     stray = module_calls(gm, (Observer, WeightObserver))
     if stray:
@@ -37,6 +38,8 @@ def _unread_state(gm: fx.GraphModule) -> list[str]:
 
 
 def verify_cleanup(gm: fx.GraphModule) -> str | None:
+    """Check that no dead node, no tensor the graph does not read and no observer call remains; the
+    first violation, or None."""
     dead = [n.name for n in gm.graph.nodes
             if n.op not in ("placeholder", "output") and not n.users and not n.is_impure()]
     if dead:

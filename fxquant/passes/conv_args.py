@@ -21,6 +21,9 @@ DEFAULTS = (None, None, None, 1, 0, 1, 1)
 
 @dataclass(frozen=True)
 class ConvGeometry:
+    """A conv's stride, padding and dilation (one entry per spatial dimension; padding symmetric)
+    and groups, as fxquant's int8 conv ops take them."""
+
     stride: list[int]
     padding: list[int]
     dilation: list[int]
@@ -28,6 +31,7 @@ class ConvGeometry:
 
 
 def spatial_rank(node: fx.Node) -> int:
+    """The number of spatial dimensions of a canonical conv: 1 for ``F.conv1d``, else 2."""
     return 1 if node.target is F.conv1d else 2
 
 

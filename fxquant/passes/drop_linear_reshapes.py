@@ -66,6 +66,7 @@ def _reshaped_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node,
 
 
 def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     changed = False
     for call, _, flat, unflat in _reshaped_calls(gm):
         # flat.args[0], not the x found above: an earlier rewrite may have replaced that node
@@ -81,6 +82,8 @@ def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult
 
 
 def verify_drop_linear_reshapes(gm: fx.GraphModule) -> str | None:
+    """Check that no kernel call this pass rewrites is still wrapped in flatten / unflatten views;
+    the first violation, or None."""
     left = _reshaped_calls(gm)
     return f"flatten / unflatten views remain around {left[0][0].name}" if left else None
 

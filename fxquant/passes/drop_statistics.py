@@ -18,6 +18,7 @@ from .nodes import left_over, node_arg
 
 
 def run_drop_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     nodes = statistics_nodes(gm)
     for node, _ in nodes:
         node.replace_all_uses_with(node_arg(node, 0))
@@ -26,6 +27,7 @@ def run_drop_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_drop_statistics(gm: fx.GraphModule) -> str | None:
+    """Check that no ``InputStatistics`` observer is still called; the first violation, or None."""
     return left_over(gm, InputStatistics, "statistics observer")
 
 

@@ -103,6 +103,7 @@ def _foldable(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, BatchNorm] | 
 
 
 def run_fold_batchnorm(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     modified = False
     for node in list(gm.graph.nodes):
         found = _foldable(gm, node)
@@ -115,6 +116,8 @@ def run_fold_batchnorm(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_fold_batchnorm(gm: fx.GraphModule) -> str | None:
+    """Check that no BatchNorm this pass folds into the conv feeding it is left; the first
+    violation, or None."""
     for node in gm.graph.nodes:
         if isinstance(_foldable(gm, node), tuple):
             return f"the BatchNorm {node.name} after a conv is left unfolded"

@@ -73,12 +73,15 @@ def _freeze_activation(gm: fx.GraphModule, node: fx.Node, fq: ActivationFakeQuan
 
 
 def run_freeze_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     modified = rewrite_module_calls(gm, [(WeightFakeQuant, _freeze_weight),
                                          (ActivationFakeQuant, _freeze_activation)])
     return PassResult(gm, modified)
 
 
 def verify_freeze_fake_quant(gm: fx.GraphModule) -> str | None:
+    """Check that no ``WeightFakeQuant`` / ``ActivationFakeQuant`` is still called; the first
+    violation, or None."""
     return left_over(gm, (WeightFakeQuant, ActivationFakeQuant), "fake quantizer")
 
 

@@ -60,6 +60,7 @@ def _fuse(gm: fx.GraphModule, conv: fx.Node, relu: fx.Node) -> None:
 
 
 def run_fuse_conv_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     modified = False
     for node in list(gm.graph.nodes):
         relu = _relu_user(gm, node) if _conv_without_relu(node) else None
@@ -72,6 +73,8 @@ def run_fuse_conv_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_fuse_conv_relu(gm: fx.GraphModule) -> str | None:
+    """Check that every int8 conv whose only user is a ReLU has taken that ReLU in; the first
+    violation, or None."""
     for node in gm.graph.nodes:
         if _conv_without_relu(node) and isinstance(_relu_user(gm, node), fx.Node):
             return f"{node.name}: the ReLU after it is not fused"

@@ -76,6 +76,8 @@ def _grouped_args(node: fx.Node) -> tuple | None:
 
 
 def check_linear(node: fx.Node) -> str | None:
+    """Why an ``F.linear`` cannot become a fused op (keyword arguments, a weight that is not an
+    axis-0 ``dequantize_weight``, a group-wise weight with quantized activations), or None."""
     if node.kwargs:
         return "F.linear called with keyword arguments"
     if _grouped_args(node) is not None:
@@ -104,6 +106,8 @@ def _int8_linear(node: fx.Node, bias: object) -> tuple[Any, tuple]:
 
 
 def rewrite_linear(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """Insert the fused call for an accepted ``F.linear`` before it: ``linear_weight_only_grouped``
+    for a group-wise weight, else the op its input's form picks."""
     bias = node.args[2] if len(node.args) > 2 else None
     grouped = _grouped_args(node)
     if grouped is not None:
@@ -118,6 +122,9 @@ def rewrite_linear(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
 
 
 def check_embedding(node: fx.Node) -> str | None:
+    """Why an ``F.embedding`` cannot become ``fxquant.embedding`` (``max_norm`` /
+    ``scale_grad_by_freq`` / ``sparse``, a weight that is not an axis-0 ``dequantize_weight``), or
+    None."""
     extra = [a for a in node.args[3:] if a not in (None, False, 2.0)]
     if extra or any(v not in (None, False, 2.0) for k, v in node.kwargs.items()
                     if k != "padding_idx"):
@@ -127,6 +134,7 @@ def check_embedding(node: fx.Node) -> str | None:
 
 
 def rewrite_embedding(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """Insert the ``fxquant.embedding`` call for an accepted ``F.embedding`` before it."""
     codes, scale, zp = _accepted_weight(node)
     with gm.graph.inserting_before(node):
         return gm.graph.call_function(ops.embedding, (node.args[0], codes, scale, zp))
@@ -146,6 +154,8 @@ def _conv_geometry(node: fx.Node) -> ConvGeometry | str:
 
 
 def check_conv(node: fx.Node) -> str | None:
+    """Why an ``F.conv*`` cannot become ``conv_dynamic`` / ``conv_static`` (keyword arguments, its
+    weight or geometry, activations neither dynamic nor static), or None."""
     if node.kwargs:
         return "conv called with keyword arguments"
     geometry = _conv_geometry(node)
@@ -188,6 +198,7 @@ _RULES: dict[str, Rule] = {
 
 
 def run_fuse_dequant_matmul(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     modified = False
     for node in list(gm.graph.nodes):
         kind = kind_of(node)
@@ -210,6 +221,8 @@ def run_fuse_dequant_matmul(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_fuse_dequant_matmul(gm: fx.GraphModule) -> str | None:
+    """Check that no quantized node the fused kernels accept is left unfused; the first violation,
+    or None."""
     for node in gm.graph.nodes:
         kind = kind_of(node)
         if kind in _RULES and record(node).get("quantize") and _RULES[kind][0](node) is None:

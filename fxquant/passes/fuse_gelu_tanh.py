@@ -72,6 +72,7 @@ def _gelu_input(out: fx.Node) -> fx.Node | None:
 
 
 def run_fuse_gelu_tanh(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     changed = False
     for node in list(gm.graph.nodes):
         x = _gelu_input(node)
@@ -88,6 +89,8 @@ def run_fuse_gelu_tanh(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_fuse_gelu_tanh(gm: fx.GraphModule) -> str | None:
+    """Check that no fusable tanh-GELU formula is left written out op by op; the first violation, or
+    None."""
     left = [n.name for n in gm.graph.nodes if _gelu_input(n) is not None]
     return f"GELU's tanh formula remains unfused at {left[0]}" if left else None
 

@@ -40,6 +40,7 @@ def _hessian_of(gm: fx.GraphModule, linear: fx.Node) -> torch.Tensor:
 
 
 def run_gptq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     cfg = ctx.config
     if cfg.weight_method != "gptq" or getattr(ctx, "replay", False):
         # (A replayed model loads its saved codes: nothing to choose.)
@@ -63,6 +64,8 @@ def run_gptq(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_gptq(gm: fx.GraphModule) -> str | None:
+    """Check that every linear GPTQ recorded holds its codes on its weight observer
+    (``precomputed``); the first violation, or None."""
     for node in gm.graph.nodes:
         if "gptq" in record(node) and weight_observer(gm, node).precomputed is None:
             return f"{node.name}: GPTQ ran but its weight observer holds no codes"

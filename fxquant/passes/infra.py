@@ -43,6 +43,9 @@ VERIFY_ENV = "FXQUANT_VERIFY"
 
 @dataclass(frozen=True)
 class PassResult:
+    """What a pass returns: the GraphModule (the one it was given, or a new one) and whether the
+    graph changed."""
+
     graph_module: fx.GraphModule
     modified: bool
 

@@ -50,6 +50,7 @@ _ARG_INDEX = {"weight": 2, "bias": 3}
 
 
 def statistics_nodes(gm: fx.GraphModule) -> list[tuple[fx.Node, InputStatistics]]:
+    """Every call to an ``InputStatistics`` observer in ``gm``, with the observer."""
     return [(n, fetch_attr(gm, target_of(n))) for n in gm.graph.nodes
             if _observer(gm, n, InputStatistics) is not None]
 
@@ -79,6 +80,7 @@ def weight_target(linear: fx.Node) -> str:
 
 
 def weight_observer(gm: fx.GraphModule, linear: fx.Node) -> WeightObserver:
+    """The ``WeightObserver`` on ``linear``'s weight; PassError if there is none."""
     module = _observer(gm, linear.args[1], WeightObserver)
     if module is None:
         raise PassError(f"{linear.name}: weight has no WeightObserver; run insert_observers first")

@@ -105,6 +105,7 @@ def _dynamic_activations(gm: fx.GraphModule, ctx: PassContext) -> bool:
 
 
 def run_insert_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     cfg = ctx.config
 
     def fake_quant_activation(gm: fx.GraphModule, node: fx.Node, observer: Observer) -> None:
@@ -120,6 +121,8 @@ def run_insert_fake_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_insert_fake_quant(gm: fx.GraphModule) -> str | None:
+    """Check that no observer (weight or activation) is still called; the first violation, or
+    None."""
     return left_over(gm, (Observer, WeightObserver), "observer")
 
 

@@ -87,6 +87,7 @@ def _activation_observer(
 
 
 def run_insert_observers(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     cfg = ctx.config
     weights: dict[str, fx.Node] = {}
     activations: dict[fx.Node, fx.Node] = {}
@@ -118,6 +119,8 @@ def _unobserved(gm: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 def verify_insert_observers(gm: fx.GraphModule) -> str | None:
+    """Check that every quantized node reads its weight through a ``WeightObserver`` and, for a
+    static linear / conv, its input through an activation observer; the first violation, or None."""
     for node in _quantized_nodes(gm):
         why = _unobserved(gm, node)
         if why is not None:

@@ -48,6 +48,7 @@ def _weight_shared(gm: fx.GraphModule, node: fx.Node, ctx: PassContext) -> str |
 
 
 def run_insert_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     cfg = ctx.config
     if not _wanted(cfg):
         return PassResult(gm, False)
@@ -72,6 +73,8 @@ def run_insert_statistics(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
 
 
 def verify_insert_statistics(gm: fx.GraphModule) -> str | None:
+    """Check that every linear that records ``in_stats`` reads its input through that observer; the
+    first violation, or None."""
     for node in gm.graph.nodes:
         stats = record(node).get("in_stats") if kind_of(node) == "linear" else None
         x = node.args[0] if stats is not None else None

@@ -100,6 +100,7 @@ def _insert_dynamic_quant(
 
 
 def run_lower_to_int8(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     rr = ctx.config.reduce_range
     modified = False
     for node in list(gm.graph.nodes):
@@ -139,6 +140,9 @@ def _unlowered(gm: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 def verify_lower_to_int8(gm: fx.GraphModule) -> str | None:
+    """Check that every ``dequantize_weight`` reads int8 codes, every dynamic quantized linear /
+    conv reads an input quantized per call, and no observer is left; the first violation, or
+    None."""
     for node in gm.graph.nodes:
         why = _unlowered(gm, node)
         if why is not None:

@@ -208,6 +208,7 @@ def _drop_unread_codes(
 
 
 def run_pack_weights(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     entries: dict[str, PackedLinear] = {}
     for node in list(gm.graph.nodes):
         if _layout(node) is None:
@@ -270,6 +271,7 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
 
 
 def is_packed(gm: torch.nn.Module) -> bool:
+    """Whether ``gm`` holds weights this pass packed."""
     return bool(_entries(gm))
 
 

@@ -30,6 +30,7 @@ PASS = "smooth_quant"
 
 
 def run_smooth_quant(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Run the pass; see the module docstring for what it requires and guarantees."""
     alpha = ctx.config.smoothquant_alpha
     if alpha is None:
         return PassResult(gm, False)

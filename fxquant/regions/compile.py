@@ -152,6 +152,7 @@ def _is_param(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def region_modules(shell: nn.Module) -> list[tuple[str, fx.GraphModule]]:
+    """``(name, GraphModule)`` for every region of a compiled ``shell``, in its record's order."""
     record = record_of(shell)
     assert record is not None
     out = []

@@ -66,6 +66,8 @@ class LayerRegion(fx.GraphModule):
 
 
 def as_layer_region(gm: fx.GraphModule, weight_shape: torch.Size) -> LayerRegion:
+    """``gm`` as a :class:`LayerRegion` whose ``.weight`` has ``weight_shape``, the shape of the
+    layer it replaced."""
     region = LayerRegion(gm, gm.graph, class_name=type(gm).__name__)
     region.meta.update(gm.meta)
     region.meta["fxquant"] = {**gm.meta.get("fxquant", {}), _SHAPE_KEY: tuple(weight_shape)}

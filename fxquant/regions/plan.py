@@ -33,6 +33,9 @@ _PLAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
 @dataclass
 class RegionPlan:
+    """A chosen region: its module's qualified name, its captured GraphModule, and how it was
+    captured."""
+
     name: str
     graph_module: fx.GraphModule
     capture: str
