@@ -3,9 +3,10 @@
 Requires: a converted GraphModule (fused and cleaned: ``fxquant.linear_dynamic`` /
 ``linear_static`` nodes reading ``fxq.*_w_int8`` buffers through ``get_attr``).
 Guarantees: every such node whose fast kernel applies becomes one call of
-``quantized::linear_dynamic`` / ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32`` on a
-packed weight held as a plain attribute of the GraphModule (``_packed_<n>``, read in ~0.1 us; not
-a dotted buffer path through ``Module.__getattr__``). The int8 codes it was packed from are
+``quantized::linear_dynamic`` / ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``
+(for ``linear_dynamic_per_token``: that GEMM between the row scalings, the bias outside the pack)
+on a packed weight held as a plain attribute of the GraphModule (``_packed_<n>``, read in ~0.1 us;
+not a dotted buffer path through ``Module.__getattr__``). The int8 codes it was packed from are
 dropped from the module (one copy of the weights in RAM), unless something else still reads them
 (a tied embedding table); ``state_dict()`` rebuilds them by unpacking, bit-exact, under the same
 keys, and ``load_state_dict`` re-packs from the codes it is given. Each fused node records its
@@ -30,6 +31,7 @@ import torch.fx as fx
 from .. import ops
 from ..graph import fetch_attr, meta
 from ..kernels import fbgemm, weight_only
+from ..kernels.reference import token_scales
 from .infra import Pass, PassContext, PassResult
 
 PASS = "pack_weights"
@@ -60,6 +62,9 @@ def _layout(node: fx.Node) -> tuple[str, tuple[Any, ...], tuple[Any, ...]] | Non
     if node.target is ops.linear_static:
         x, x_scale, x_zp, rr, codes, scale, zp, bias = node.args
         return "linear_static", (codes, scale, zp, bias), (x, x_scale, x_zp, rr)
+    if node.target is ops.linear_dynamic_per_token:
+        x, codes, scale, zp, bias, rr = node.args
+        return "linear_dynamic_per_token", (codes, scale, zp, bias), (x, rr, bias)
     if node.target is ops.linear_weight_only:
         x, codes, scale, zp, bias = node.args
         return "linear_weight_only", (codes, scale, zp, bias), (x,)
@@ -94,7 +99,7 @@ def check(gm: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 def _pack(gm: fx.GraphModule, entry: PackedLinear) -> Any:
-    bias = None if entry.bias is None else fetch_attr(gm, entry.bias)
+    bias = None if entry.bias is None or not _bias_in_pack(entry) else fetch_attr(gm, entry.bias)
     return fbgemm.pack(fetch_attr(gm, entry.codes), fetch_attr(gm, entry.scale),
                        fetch_attr(gm, entry.zero_point), bias)
 
@@ -117,15 +122,25 @@ def _rewrite(
         # fx warns that a plain attribute is not a buffer: being one is the point (fast reads).
         warnings.simplefilter("ignore", UserWarning)
         packed = gm.graph.get_attr(name)
-        if op == "linear_dynamic":
-            new = gm.graph.call_function(fbgemm.LINEAR_DYNAMIC, (act[0], packed, act[1]))
-        else:
-            new = gm.graph.call_function(fbgemm.LINEAR_STATIC, (*act[:3], packed))
+        function, args = _packed_call(op, act, packed)
+        new = gm.graph.call_function(function, args)
     new.meta.update({**node.meta, "fxquant": {
         **meta(node), "kernel": f"fbgemm {op}, weight packed once", "packed": name}})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return name, entry
+
+
+def _packed_call(op: str, act: tuple[Any, ...], packed: fx.Node) -> tuple[Any, tuple[Any, ...]]:
+    """The runtime function and its arguments for a packed ``op`` with activation args ``act``."""
+    if op == "linear_dynamic":
+        x, rr = act
+        return fbgemm.LINEAR_DYNAMIC, (x, packed, rr)
+    if op == "linear_dynamic_per_token":
+        x, rr, bias = act
+        return linear_dynamic_per_token_packed, (x, packed, rr, bias)
+    x, x_scale, x_zp, _ = act  # linear_static; reduce_range is refused by check()
+    return fbgemm.LINEAR_STATIC, (x, x_scale, x_zp, packed)
 
 
 def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
@@ -160,6 +175,21 @@ def embedding_packed(indices: torch.Tensor, table: tuple) -> torch.Tensor:
         rows -= zero_point.index_select(0, flat)
     rows *= scale.index_select(0, flat)
     return rows.view(*indices.shape, codes.shape[1])
+
+
+def _bias_in_pack(entry: PackedLinear) -> bool:
+    """Per-token layers add their bias after scaling the rows back, so it stays out of the pack."""
+    return entry.op != "linear_dynamic_per_token"
+
+
+def linear_dynamic_per_token_packed(x: torch.Tensor, packed: Any, reduce_range: bool,
+                                    bias: torch.Tensor | None) -> torch.Tensor:
+    """The runtime call of a per-token dynamic layer: rows divided by their abs-max, fbgemm's
+    dynamic GEMM on the packed weight (packed without the bias), rows scaled back, bias added;
+    what ``fxquant::linear_dynamic_per_token`` computes on its fast path."""
+    r = token_scales(x)
+    y = fbgemm.LINEAR_DYNAMIC(x / r, packed, reduce_range).mul_(r)
+    return y if bias is None else y.add_(bias)
 
 
 def linear_weight_only_packed(x: torch.Tensor, layer: tuple) -> torch.Tensor:
@@ -265,7 +295,7 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
             found = state_dict.get(prefix + target)
             return fetch_attr(module, target) if found is None else found
 
-        bias = None if entry.bias is None else given(entry.bias)
+        bias = None if entry.bias is None or not _bias_in_pack(entry) else given(entry.bias)
         object.__setattr__(module, name, fbgemm.pack(
             codes.contiguous(), given(entry.scale), given(entry.zero_point), bias))
 
@@ -302,6 +332,9 @@ def portable(gm: fx.GraphModule) -> fx.GraphModule:
             elif entry.op == "linear_dynamic":
                 x, _, rr = node.args
                 new = twin.graph.call_function(ops.linear_dynamic, (x, *w, rr))
+            elif entry.op == "linear_dynamic_per_token":
+                x, _, rr, _ = node.args
+                new = twin.graph.call_function(ops.linear_dynamic_per_token, (x, *w, rr))
             else:
                 x, x_scale, x_zp, _ = node.args
                 new = twin.graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))
@@ -333,7 +366,8 @@ def portable_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
-PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, linear_weight_only_packed)
+PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, linear_dynamic_per_token_packed,
+                     linear_weight_only_packed)
 
 
 def verify_pack_weights(gm: fx.GraphModule) -> str | None:

@@ -42,9 +42,37 @@ def test_linears_quantize_their_input_per_token_convs_per_tensor():
     assert {u.meta["fxquant"]["source"] for u in pt.users} == {"q", "k"}
     (per_tensor,) = calls(gm, ops.fake_quantize_dynamic)
     assert [u.meta["fxquant"]["source"] for u in per_tensor.users] == ["conv"]
-    fused = fxquant.quantize(Net().eval(), _x(), config=PT)
+    fused = fxquant.portable(fxquant.quantize(Net().eval(), _x(), config=PT))
     assert len(calls(fused, ops.linear_dynamic_per_token)) == 2
     assert not calls(fused, ops.linear_dynamic)
+
+
+def test_per_token_layers_run_packed_and_match_their_fxquant_op():
+    from fxquant.passes.pack_weights import linear_dynamic_per_token_packed
+
+    q = fxquant.quantize(Net().eval(), _x(), config=PT)
+    assert len(calls(q, linear_dynamic_per_token_packed)) == 2
+    assert not calls(q, ops.linear_dynamic_per_token)
+    kernels = {r.name: r.kernel for r in fxquant.record_of(q).layers}
+    assert "packed once" in kernels["q"] and "per_token" in kernels["q"], kernels
+    x = _x(1)
+    with torch.no_grad():  # same GEMM, same packing: the twin's fast path gives the same bits
+        assert torch.equal(q(*x), fxquant.portable(q)(*x))
+
+
+def test_per_token_packed_state_dict_round_trips_and_load_repacks():
+    q = fxquant.quantize(Net().eval(), _x(), config=PT)
+    state = q.state_dict()
+    assert any(k.endswith("_w_int8") for k in state)  # codes rebuilt from the packed weight
+    other = fxquant.quantize(Net().eval(), _x(3), config=PT)  # another model's weights
+    x = _x(1)
+    with torch.no_grad():
+        before = other(*x)
+        other.load_state_dict(state)
+        after = other(*x)
+    assert not torch.equal(before, after)
+    with torch.no_grad():
+        assert torch.equal(after, q(*x))
 
 
 def test_per_token_is_an_option_not_for_static_or_weight_only():
