@@ -21,9 +21,9 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fxquant  # noqa: E402
-from benchmarks.common import median_ms, rel_error, serialized_mb, top1_agreement, write_json  # noqa: E402
-from benchmarks.models import DecoderConfig, GPT2Decoder, seed_mlp  # noqa: E402
+import fxquant
+from benchmarks.common import median_ms, rel_error, serialized_mb, top1_agreement, write_json
+from benchmarks.models import DecoderConfig, GPT2Decoder, seed_mlp
 
 
 def torch_ao_dynamic(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,7 +53,7 @@ def bench_case(name, model, example, inputs_by_case, calibration, *, logits=Fals
         for label, m in built:
             with torch.no_grad():
                 out = m(*inputs)
-            ms = median_ms(lambda m=m: m(*inputs))
+            ms = median_ms(lambda m=m, inputs=inputs: m(*inputs))
             base = base or ms
             n = inputs[0].shape[0] * (inputs[0].shape[1] if unit == "tokens/s" else 1)
             row = {

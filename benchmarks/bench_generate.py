@@ -39,8 +39,8 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import fxquant  # noqa: E402
-from benchmarks.common import write_json  # noqa: E402
+import fxquant
+from benchmarks.common import write_json
 
 PROMPT, NEW, PREFILL = 16, 64, 128
 

@@ -46,9 +46,9 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import fxquant  # noqa: E402
-from benchmarks.common import write_json  # noqa: E402
-from fxquant.onnx_export import DecoderSession, ort_generate  # noqa: E402
+import fxquant
+from benchmarks.common import write_json
+from fxquant.onnx_export import DecoderSession, ort_generate
 
 PROMPT, NEW = 16, 64
 Generate = Callable[[int], np.ndarray]  # new tokens -> the generated ids [1, PROMPT + new]

@@ -30,10 +30,10 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import fxquant  # noqa: E402
-from benchmarks import minilm_data  # noqa: E402
-from benchmarks.common import median_ms, rel_error, serialized_mb, top1_agreement, write_json  # noqa: E402
-from benchmarks.plot import line_plot_svg  # noqa: E402
+import fxquant
+from benchmarks import minilm_data
+from benchmarks.common import median_ms, rel_error, serialized_mb, top1_agreement, write_json
+from benchmarks.plot import line_plot_svg
 
 warnings.filterwarnings("ignore")
 THREADS = 2
@@ -111,8 +111,8 @@ def minilm_rows(batches: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[st
     def quality(emb: torch.Tensor) -> dict[str, float]:
         cos = torch.nn.functional.cosine_similarity(emb, ref)
         rho = minilm_data.spearman(minilm_data.pair_similarities(emb), ref_pairs)
-        return {"cosine_mean": round(float(cos.mean()), 4), "cosine_min": round(float(cos.min()), 4),
-                "pair_rank_spearman": round(rho, 4)}
+        return {"cosine_mean": round(float(cos.mean()), 4),
+                "cosine_min": round(float(cos.min()), 4), "pair_rank_spearman": round(rho, 4)}
 
     for label, m in variants.items():
         row = {"model": "all-MiniLM-L6-v2", "variant": label, "size_mb": round(serialized_mb(m), 2),
@@ -120,14 +120,14 @@ def minilm_rows(batches: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[st
         curve = []
         for b in batches:
             ids, mask = timing_inputs(b)
-            ms = median_ms(lambda m=m: m(ids, mask), reps=15)
+            ms = median_ms(lambda m=m, ids=ids, mask=mask: m(ids, mask), reps=15)
             row[f"ms_b{b}"] = round(ms, 2)
             curve.append(ms)
         curves[label] = curve
         rows.append(row)
         print(f"  {label:36s} done", flush=True)
     for label, sess in sessions.items():
-        feeds = {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()}
+        feeds = {k: enc[k].numpy() for k in ("input_ids", "attention_mask")}
         hidden = ort_output(sess, feeds)
         emb = minilm_data.mean_pool(hidden, enc["attention_mask"])
         path = files[label.removeprefix("ORT ")]

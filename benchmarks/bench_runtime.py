@@ -35,10 +35,10 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import fxquant  # noqa: E402
-from benchmarks.bench_generate import conv1d_to_linear  # noqa: E402
-from benchmarks.common import write_json  # noqa: E402
-from benchmarks.models import seed_mlp  # noqa: E402
+import fxquant
+from benchmarks.bench_generate import conv1d_to_linear
+from benchmarks.common import write_json
+from benchmarks.models import seed_mlp
 
 
 def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int = 30, inner: int = 5,
@@ -109,7 +109,7 @@ def seed_mlp_rows() -> dict[str, Any]:
         for mode in ("dynamic", "weight_only"):
             models[f"fxquant {mode}"] = fxquant.quantize(
                 model, (x,), config=fxquant.QuantConfig(mode=mode), progress=False)
-        ms = interleaved_ms({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds=60,
+        ms = interleaved_ms({k: (lambda m=m, x=x: m(x)) for k, m in models.items()}, rounds=60,
                             inner=20)
         out[f"batch {batch}"] = {k: {"ms": v, "vs_fp32": ms["fp32"] / v,
                                      "vs_torch_ao": ms["torch.ao dynamic"] / v}

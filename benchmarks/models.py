@@ -21,21 +21,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "seed_mlp",
-    "DecoderConfig",
-    "GPT2Decoder",
-    "EncoderConfig",
+    "MODEL_KINDS",
     "BertEncoder",
+    "DecoderConfig",
+    "EncoderConfig",
+    "GPT2Decoder",
     "SmallConvNet",
     "make_inputs",
-    "MODEL_KINDS",
+    "seed_mlp",
 ]
 
 
@@ -320,12 +319,12 @@ def make_inputs(
     batch: int = 1,
     seq: int = 128,
     *,
-    cfg: Optional[object] = None,
+    cfg: object | None = None,
     image_size: int = 28,
     in_channels: int = 1,
     seed: int = 0,
     pad: int = 0,
-) -> Tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, ...]:
     """Example-input tuple for ``model(*inputs)``; deterministic in ``seed``.
 
     kind:

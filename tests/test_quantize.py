@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import fxquant
-from tests.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 from fxquant import QuantConfig, ops
 from fxquant.kernels import fbgemm
 from fxquant.passes.pack_weights import linear_weight_only_packed
+from tests.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 MODES = ("dynamic", "static", "weight_only")

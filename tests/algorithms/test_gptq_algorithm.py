@@ -32,7 +32,7 @@ SCHEMES = [
 @pytest.mark.parametrize("act_order", [True, False])
 def test_gptq_reconstructs_the_layer_better_than_rounding(scheme, act_order):
     x, w, h = _layer()
-    held_out, _, _ = _layer(seed=0)  # the same distribution
+    _held_out, _, _ = _layer(seed=0)  # the same distribution
     result = gptq_quantize(w, h, scheme, act_order=act_order, block_size=32)
     gptq = reconstruction_error(x, w, result.weight.dequantize())
     rtn = reconstruction_error(x, w, scheme.fake_quantize(w))
@@ -41,7 +41,7 @@ def test_gptq_reconstructs_the_layer_better_than_rounding(scheme, act_order):
 
 def test_static_groups_keep_round_to_nearest_parameters_and_layout():
     """Act-order permutes the columns while quantizing; the stored groups are the natural ones."""
-    x, w, h = _layer()
+    _x, w, h = _layer()
     scheme = WeightScheme(4, False, group_size=32)
     result = gptq_quantize(w, h, scheme, act_order=True).weight
     rtn = scheme.quantize(w)
@@ -62,7 +62,7 @@ def test_columns_the_calibration_never_saw_get_the_zero_point():
 
 
 def test_pair_safe_gptq_codes_cannot_saturate():
-    x, w, h = _layer(k=64)
+    _x, w, h = _layer(k=64)
     w[:, 0:2] = 0.3  # a same-sign pair at the top of the range
     q = gptq_quantize(w, h, WeightScheme(8, True, pair_safe=True)).weight
     assert float(numerics.pair_sums(q.codes).max()) <= numerics.PAIR_SUM_LIMIT
@@ -78,7 +78,7 @@ def test_limit_pair_sums_touches_only_pairs_over_the_limit():
 
 
 def test_damping_grows_until_the_hessian_factors():
-    x, w, _ = _layer(k=32)
+    _x, w, _ = _layer(k=32)
     h = -torch.eye(32)  # not positive definite at any small damping
     with pytest.raises(ValueError, match="positive definite"):
         gptq_quantize(w, h, WeightScheme(8, True))

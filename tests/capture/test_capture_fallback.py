@@ -156,7 +156,8 @@ class AddmmConv1D(nn.Module):
         self.bias = nn.Parameter(torch.randn(n_out) * 0.1)
 
     def forward(self, x):
-        shape = x.shape[:-1] + (self.weight.shape[1],)
+        # This spelling on purpose (a Proxy cannot be unpacked with *): HF Conv1D's.
+        shape = x.shape[:-1] + (self.weight.shape[1],)  # noqa: RUF005
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).reshape(shape)
 
 

@@ -244,4 +244,5 @@ def test_record_lists_regions_and_timings():
     assert "model.layers.0.self_attn.q_proj" in names  # attention takes the cache: per layer
     assert {"capture", "prepare", "convert", "total"} <= set(record.timings)
     as_dict = record.to_dict()
-    assert as_dict["config"]["mode"] == "dynamic" and len(as_dict["layers"]) == 16  # embed + 2 x (4 + 3) + lm_head
+    # embeddings + 2 x (4 + 3) + lm_head
+    assert as_dict["config"]["mode"] == "dynamic" and len(as_dict["layers"]) == 16

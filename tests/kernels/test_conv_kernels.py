@@ -138,7 +138,7 @@ def test_packed_weight_follows_in_place_changes(kernel_calls):
     x, qw, bias, geometry = _layer("dense3x3")
     codes = qw.codes.clone()
     current = numerics.QuantizedWeight(codes, qw.scale, qw.zero_point, 0)
-    fast0, ref0, x_scale = _call("dynamic", x, current, bias, geometry, relu=False)
+    _fast0, ref0, x_scale = _call("dynamic", x, current, bias, geometry, relu=False)
     with torch.no_grad():
         codes[:8].neg_()  # the same tensor object, new contents
     fast1, ref1, _ = _call("dynamic", x, current, bias, geometry, relu=False)

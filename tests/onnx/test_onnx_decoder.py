@@ -94,7 +94,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
 
 @pytest.mark.parametrize("name", sorted(BUILD))
 def test_layout_names_and_dynamic_axes(exports, name):
-    model, result = exports(name, "dynamic")
+    _model, result = exports(name, "dynamic")
     assert result.kv_cache and result.output_names[0] == "logits"
     proto = onnx.load(result.path)
     inputs = {i.name: _dims(i) for i in proto.graph.input}

@@ -12,9 +12,9 @@ import torch
 from onnx import numpy_helper
 
 import fxquant
-from tests.models import BertEncoder, EncoderConfig, make_inputs
 from fxquant import QuantConfig
 from fxquant.onnx_export import read_metadata
+from tests.models import BertEncoder, EncoderConfig, make_inputs
 
 pytestmark = pytest.mark.onnx
 
@@ -110,7 +110,7 @@ def test_group_sizes_matmul_nbits_cannot_take_keep_the_standard_form(tmp_path):
 
 def test_per_token_dynamic_export_matches_the_model(tmp_path):
     config = QuantConfig(mode="dynamic", activation_granularity="per_token")
-    q, model, path, result = _export(config, tmp_path, "per_token")
+    _q, model, _path, result = _export(config, tmp_path, "per_token")
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("ReduceMax") >= 1 and ops.count("MatMulInteger") == 6
     assert "per-token" in read_metadata(model)["fxquant.activation_scheme"]

@@ -26,8 +26,8 @@ from torch import nn
 import fxquant
 from fxquant import ops
 from fxquant.onnx_export.twin import export_reference, float_activation_reference
-from fxquant.passes.pack_weights import portable_model
 from fxquant.onnx_export.validate import BOUNDS, check_output
+from fxquant.passes.pack_weights import portable_model
 
 pytestmark = pytest.mark.onnx
 

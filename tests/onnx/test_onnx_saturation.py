@@ -19,7 +19,8 @@ def eight_bit(exported):
     e = exported("mlp", "dynamic")
     x = e.case.inputs(8, 3)
     with pytest.warns(UserWarning, match="saturate"):
-        q = fxquant.quantize(e.float_model, x, config=fxquant.QuantConfig(weight_bits=8, pair_safe_weights=False))
+        config = fxquant.QuantConfig(weight_bits=8, pair_safe_weights=False)
+        q = fxquant.quantize(e.float_model, x, config=config)
     return q, x
 
 

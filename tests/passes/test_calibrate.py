@@ -67,7 +67,7 @@ def test_batch_forms_map_onto_inputs():
 def test_a_batch_in_another_form_than_the_example_is_refused():
     x, y = _example()
     gm = _prepared()
-    with pytest.raises(CalibrationError, match="batch 1 .* example"):
+    with pytest.raises(CalibrationError, match=r"batch 1 .* example"):
         _run(gm, [(x, y), {"x": x, "y": y}])
 
 

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import fxquant
-from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, passes
 from fxquant.graph import ROLES
 from fxquant.observers import Observer, WeightObserver
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxquant
-from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, ops, passes
 from fxquant.graph import fetch_attr
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 FUSED = {

@@ -106,7 +106,7 @@ def test_grouped_linear_is_within_half_a_step_per_weight(symmetric, group):
 
 
 def test_grouped_weights_are_weight_only():
-    with pytest.raises(fxquant.ConfigError, match="per_group.*weight_only"):
+    with pytest.raises(fxquant.ConfigError, match=r"per_group.*weight_only"):
         QuantConfig(mode="dynamic", weight_granularity="per_group")
 
 

@@ -11,7 +11,6 @@ import torch.fx as fx
 from torch import nn
 
 import fxquant
-from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 from fxquant import QuantConfig, passes
 from fxquant.graph import fetch_attr, kind_of
 from fxquant.observers import (
@@ -21,6 +20,7 @@ from fxquant.observers import (
     PercentileObserver,
     WeightObserver,
 )
+from tests.models import DecoderConfig, GPT2Decoder, make_inputs
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
 

@@ -10,7 +10,7 @@ from torch import nn
 import fxquant
 from fxquant import QuantConfig, numerics, ops, passes
 from fxquant.kernels import reference
-from tests.passes.accuracy_models import calls, rel
+from tests.passes.accuracy_models import calls
 
 PT = QuantConfig(mode="dynamic", activation_granularity="per_token")
 

@@ -58,7 +58,7 @@ def test_reshape_drop_is_bit_identical_for_dynamic_linears():
     model = HFMlp().eval()
     x = torch.randn(3, 7, 32)
     q = fxquant.quantize(model, (x,))
-    flat = torch.ops.quantized.linear_dynamic.default
+    flat = fbgemm.LINEAR_DYNAMIC
     packed = [getattr(q, n.target) for n in q.graph.nodes
               if n.op == "get_attr" and n.target.startswith("_packed")]
     with torch.no_grad():

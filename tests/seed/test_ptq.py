@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import fxquant
 from seed_helpers import int8_keys
 from torch import nn
 
+import fxquant
 from fxquant import ops
 from fxquant.errors import CalibrationError
 from fxquant.fake_quant import apply_fake_quant_to_model

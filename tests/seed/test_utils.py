@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from fxquant import numerics
-from fxquant.real_quant import convert_to_real_quant
 from fxquant.batches import batch_inputs
 from fxquant.measure import MB, eval_mode, model_size_bytes, peak_memory_mb, time_models
+from fxquant.real_quant import convert_to_real_quant
 from fxquant.utils import symmetric_quantize
 
 
