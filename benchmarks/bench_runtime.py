@@ -127,14 +127,21 @@ def minilm() -> dict[str, Any]:
               return_tensors="pt")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     q = fxquant.quantize(model, batch, progress=False)
-    with torch.no_grad():
-        ref, out = model(**batch).last_hidden_state, q(**batch).last_hidden_state
+    per_token = fxquant.quantize(model, batch, progress=False, config=fxquant.QuantConfig(
+        activation_granularity="per_token"))
     real = batch["attention_mask"].bool()
-    ms = interleaved_ms({"fp32": lambda: model(**batch), "fxquant dynamic": lambda: q(**batch)},
+    with torch.no_grad():
+        ref = model(**batch).last_hidden_state
+        cos = {k: _cos(m(**batch).last_hidden_state[real], ref[real])
+               for k, m in (("dynamic", q), ("per_token", per_token))}
+    ms = interleaved_ms({"fp32": lambda: model(**batch), "fxquant dynamic": lambda: q(**batch),
+                         "fxquant dynamic per-token": lambda: per_token(**batch)},
                         rounds=15, inner=2)
     return {"fp32_ms": ms["fp32"], "dynamic_ms": ms["fxquant dynamic"],
-            "speedup": ms["fp32"] / ms["fxquant dynamic"],
-            "real_token_cosine": _cos(out[real], ref[real])}
+            "speedup": ms["fp32"] / ms["fxquant dynamic"], "real_token_cosine": cos["dynamic"],
+            "per_token_ms": ms["fxquant dynamic per-token"],
+            "per_token_speedup": ms["fp32"] / ms["fxquant dynamic per-token"],
+            "per_token_real_token_cosine": cos["per_token"]}
 
 
 def _in_memory(model: torch.nn.Module) -> torch.nn.Module:
