@@ -41,24 +41,13 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fxquant
-from benchmarks.common import write_json
+from benchmarks.common import cpu_model, uptime, write_json
 from fxquant import numerics, ops
 from fxquant.kernels import conv as conv_kernels
 
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
             "ATEN_CPU_CAPABILITY": "avx2"}
 LAYERS = ((64, 40), (128, 20), (256, 10), (512, 5))  # ResNet-18's 3x3 convs at 160x160 input
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def wait_for_idle(max_load: float | None, timeout_s: float) -> None:
@@ -265,14 +254,14 @@ def bench_layers(rounds: int) -> list[dict[str, Any]]:
 def run(quick: bool) -> dict[str, Any]:
     torch.set_num_threads(2)
     rounds = 6 if quick else 20
-    before = load()
+    before = uptime()
     result = {"cpu_model": cpu_model(), "env": {k: os.environ.get(k) for k in AVX2_ENV},
               "uptime_before": before, "flags": sorted(
                   f for f in fxquant.cpu.flags() if f in {"avx2", "avx512f", "avx512_vnni",
                                                           "avx_vnni", "amx_int8"})}
     result["model"] = bench_model(rounds)
     result["layers"] = bench_layers(rounds)
-    result["uptime_after"] = load()
+    result["uptime_after"] = uptime()
     return result
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fxquant
 from benchmarks.common import median_ms, rel_error, serialized_mb, top1_agreement, write_json
-from benchmarks.models import DecoderConfig, GPT2Decoder, seed_mlp
+from tests.models import DecoderConfig, GPT2Decoder, seed_mlp
 
 
 def torch_ao_dynamic(model: torch.nn.Module) -> torch.nn.Module:

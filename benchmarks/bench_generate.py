@@ -40,7 +40,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxquant
-from benchmarks.common import write_json
+from benchmarks.common import cpu_model, uptime, write_json
 
 PROMPT, NEW, PREFILL = 16, 64, 128
 
@@ -232,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    uptime_before = _uptime()
+    uptime_before = uptime()
     results: dict[str, Any] = {}
     for name in args.models:
         model = build(name)
@@ -257,20 +257,9 @@ def main() -> None:
                        headers=("GPT-2", "fp32 MB", "quantize s", "extra peak RSS / fp32")))
     payload = {"results": results, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                "uptime_before": uptime_before,
-               "uptime_after": _uptime(),
-               "cpu": _cpu()}
+               "uptime_after": uptime(),
+               "cpu": cpu_model()}
     print("wrote", write_json("bench_generate", payload))
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fxquant
 from benchmarks.common import write_json
-from benchmarks.models import BertEncoder, EncoderConfig, make_inputs, seed_mlp
+from tests.models import BertEncoder, EncoderConfig, make_inputs, seed_mlp
 
 THREADS = 2
 INT8_KERNELS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearMatMul",

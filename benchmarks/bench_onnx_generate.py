@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -47,24 +46,14 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fxquant
-from benchmarks.common import write_json
+from benchmarks.bench_generate import build  # the same GPT-2 small and Llama-shaped models
+from benchmarks.common import cpu_model, uptime, write_json
 from fxquant.onnx_export import DecoderSession, ort_generate
 
 PROMPT, NEW = 16, 64
 Generate = Callable[[int], np.ndarray]  # new tokens -> the generated ids [1, PROMPT + new]
 Score = Callable[[np.ndarray], np.ndarray]  # a sequence [1, PROMPT + NEW] -> the NEW argmaxes
 Candidate = tuple[Generate, Score, float]  # and the file size in MB
-
-
-def build(name: str) -> torch.nn.Module:
-    import transformers as T
-
-    torch.manual_seed(0)
-    if name == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config()).eval()
-    cfg = T.LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
-                        num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
-    return T.LlamaForCausalLM(cfg).eval()
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -252,20 +241,6 @@ def run_model(name: str, reps: int, threads: int, genai: bool) -> dict[str, dict
         return measure(cands, reps)
 
 
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["llama", "gpt2"])
@@ -274,12 +249,12 @@ def main() -> None:
     parser.add_argument("--no-genai", dest="genai", action="store_false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    uptime_before = _uptime()
+    uptime_before = uptime()
     results: dict[str, Any] = {}
     for name in args.models:
-        before = _uptime()
+        before = uptime()
         results[name] = run_model(name, args.reps, args.threads, args.genai)
-        results[name]["uptime"] = {"before": before, "after": _uptime()}
+        results[name]["uptime"] = {"before": before, "after": uptime()}
         base = results[name]["HF fp32 PyTorch"]["decode_tok_s"]
         rows = [(k, f"{v['decode_tok_s']:.1f}", f"{v['decode_tok_s'] / base:.2f}x",
                  f"{v['prefill_ms']:.0f}", f"{v['size_mb']:.0f}",
@@ -290,8 +265,8 @@ def main() -> None:
         print(tabulate(rows, headers=("candidate", "decode tok/s", "vs HF fp32",
                                       "prefill+1 ms", "MB", "top-1 = fp32 (forced)",
                                       "greedy = fp32")))
-    payload = {"results": results, "uptime_before": uptime_before, "uptime_after": _uptime(),
-               "cpu": _cpu(), "threads": args.threads, "prompt": PROMPT, "new_tokens": NEW}
+    payload = {"results": results, "uptime_before": uptime_before, "uptime_after": uptime(),
+               "cpu": cpu_model(), "threads": args.threads, "prompt": PROMPT, "new_tokens": NEW}
     print("wrote", write_json("bench_onnx_generate", payload))
 
 

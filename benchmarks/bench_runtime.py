@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fxquant
 from benchmarks.bench_generate import conv1d_to_linear
 from benchmarks.common import write_json
-from benchmarks.models import seed_mlp
+from tests.models import seed_mlp
 
 
 def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int = 30, inner: int = 5,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import rel_error, write_json
+from benchmarks.common import cpu_model, rel_error, uptime, write_json
 from fxquant import cpu, numerics, ops
 from fxquant.kernels import packing
 from fxquant.kernels import weight_only as wo
@@ -57,16 +56,8 @@ STREAMING_INT8_BYTES = 128 << 20  # int8 copies of a layer per sweep: far past L
 BATCH_S = 5e-4  # each timed batch of calls lasts about this long: short, so few are preempted
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def load_snapshot() -> dict:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return {"uptime": uptime, "loadavg": list(os.getloadavg())}
+    return {"uptime": uptime(), "loadavg": list(os.getloadavg())}
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:

@@ -1,4 +1,5 @@
-"""Plain-PyTorch models the tests quantize (benchmarks/models.py is the benchmarks' own copy).
+"""Plain-PyTorch models the tests quantize; the benchmarks (bench_core, bench_onnx, bench_runtime)
+measure the same ones.
 
 Every model here is traceable with ``torch.fx.symbolic_trace``: there is no
 Python control flow on tensor values, and shapes that depend on the input

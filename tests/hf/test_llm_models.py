@@ -14,29 +14,10 @@ import torch.nn.functional as F
 
 import fxquant
 from fxquant import QuantConfig
+from tests.causal_lms import CAUSAL, VOCAB, gpt2, llama
 
 transformers = pytest.importorskip("transformers", reason="fxquant[hf] extra not installed")
 pytestmark = pytest.mark.hf
-
-VOCAB = 200
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=VOCAB)
-
-
-def gpt2():
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)).eval()
-
-
-def llama():
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMALL)).eval()
-
-
-def qwen2():
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SMALL)).eval()
-
-
-CAUSAL = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
 
 
 def _ids(batch: int, seq: int, seed: int = 0) -> torch.Tensor:

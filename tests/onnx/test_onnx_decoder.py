@@ -22,29 +22,11 @@ import fxquant
 from fxquant import ExampleInputError, ExportError
 from fxquant.onnx_export import DecoderSession, ort_generate, validate_onnx
 from fxquant.onnx_export.decoder import positions
+from tests.causal_lms import CAUSAL, VOCAB
 
 transformers = pytest.importorskip("transformers", reason="fxquant[hf] extra not installed")
 pytestmark = [pytest.mark.onnx, pytest.mark.hf]
 
-VOCAB = 200
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=VOCAB)
-
-
-def gpt2():
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)).eval()
-
-
-def llama():
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMALL)).eval()
-
-
-def qwen2():
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**SMALL)).eval()
-
-
-BUILD = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}
 KV_HEADS = {"gpt2": 4, "llama": 2, "qwen2": 2}
 
 
@@ -69,7 +51,7 @@ def exports(tmp_path_factory):
     def get(name: str, mode: str):
         if (name, mode) not in cache:
             torch.manual_seed(0)
-            model = BUILD[name]()
+            model = CAUSAL[name]()
             if mode != "float":
                 model = fxquant.quantize(model, EXAMPLE, progress=False)
             with pytest.warns(UserWarning) if mode == "float" else _nothing():
@@ -92,7 +74,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
-@pytest.mark.parametrize("name", sorted(BUILD))
+@pytest.mark.parametrize("name", sorted(CAUSAL))
 def test_layout_names_and_dynamic_axes(exports, name):
     _model, result = exports(name, "dynamic")
     assert result.kv_cache and result.output_names[0] == "logits"
