@@ -52,8 +52,8 @@ def _restores_leading_dims(view: fx.Node, x: fx.Node) -> bool:
             and lead.args[1] == slice(None, -1, None) and _is_size_of(lead.args[0], x))
 
 
-def _reshaped_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node, fx.Node]]:
-    """(call, x, flatten view, unflatten view) for every kernel call the pass rewrites."""
+def _reshaped_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node]]:
+    """(call, flatten view, unflatten view) for every kernel call the pass rewrites."""
     found = []
     for call in gm.graph.nodes:
         if call.op != "call_function" or call.target not in _ND_KERNELS:
@@ -61,16 +61,17 @@ def _reshaped_calls(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node, fx.Node,
         x = _flattened_input(call.args[0])
         users = list(call.users)
         if x is not None and len(users) == 1 and _restores_leading_dims(users[0], x):
-            found.append((call, x, call.args[0], users[0]))
+            found.append((call, call.args[0], users[0]))
     return found
 
 
 def run_drop_linear_reshapes(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     """Run the pass; see the module docstring for what it requires and guarantees."""
     changed = False
-    for call, _, flat, unflat in _reshaped_calls(gm):
-        # flat.args[0], not the x found above: an earlier rewrite may have replaced that node
-        # (two Conv1D layers in a row: the first one's unflatten view is the second one's x).
+    for call, flat, unflat in _reshaped_calls(gm):
+        # flat.args[0] is read now, not when the call was found: an earlier rewrite may have
+        # replaced that node (two Conv1D layers in a row: the first one's unflatten view is the
+        # second one's x).
         call.args = (flat.args[0], *call.args[1:])
         unflat.replace_all_uses_with(call)
         gm.graph.erase_node(unflat)

@@ -64,8 +64,10 @@ def _gelu_input(out: fx.Node) -> fx.Node | None:
                          and len(tanh.users) == 1):
         return None
     inner = _const_op(tanh.args[0], _MUL, _SQRT_2_OVER_PI)
+    if inner is None or len(inner.users) != 1:
+        return None
     sum_ = _binary(inner, _ADD)
-    if sum_ is None or len(inner.users) != 1 or sum_[0] is not x:  # type: ignore[union-attr]
+    if sum_ is None or sum_[0] is not x:
         return None
     cube = _const_op(sum_[1], _MUL, 0.044715)
     return x if cube is not None and _is_cube(cube, x) else None
