@@ -222,6 +222,14 @@ def tile_min_rows(bits: int, rows: int = -1) -> int:
     return int(torch.ops.fxquant_cpu.tile_min_rows(bits, rows))
 
 
+def kernel_isa(isa: str = "") -> str:
+    """The instruction set the int8 row kernels run on: ``"avx512"`` where the CPU has it
+    (avx512f/bw/vl/dq), else ``"avx2"``. With ``isa`` set ("avx2" / "avx512") switches (for parity
+    tests and benchmarks) and returns the previous choice.
+    """
+    return str(torch.ops.fxquant_cpu.kernel_isa(isa))
+
+
 # --- the public kernels --------------------------------------------------------------------
 
 

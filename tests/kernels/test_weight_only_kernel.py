@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fxquant import cpu
 from fxquant.kernels import packing
 from fxquant.kernels import weight_only as wo
 
 REL = 1e-5
 ROOT = Path(__file__).resolve().parents[2]
-M_VALUES = (1, 3, 8, 33, 128)
+M_VALUES = (1, 2, 3, 5, 8, 33, 128)
 # (K, N); K=13 and 771 leave a tail after the 8-wide loop
 INT8_SHAPES = ((64, 48), (13, 7), (771, 130))
 INT4_SHAPES = ((128, 40, 32), (384, 7, 64), (768, 130, 128))  # (K, N, group_size)
@@ -58,16 +59,38 @@ def _int4_weight(k: int, n: int, group: int):
     return codes, scale, zero_point
 
 
-@pytest.fixture(params=["rows", "tiled"])
+_AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def _has_avx512() -> bool:
+    return _AVX512.issubset(cpu.flags())
+
+
+@pytest.fixture(params=["rows avx2", "rows avx512", "tiled"])
 def path(request):
-    """Force the row kernels or the tiled-BLAS path for every M (restored afterwards)."""
+    """Force the row kernels (on one instruction set) or the tiled-BLAS path for every M
+    (restored afterwards)."""
     if not wo.available():
         pytest.skip(f"weight-only extension not built: {wo.status().detail}")
+    isa = request.param.split()[-1] if request.param.startswith("rows") else wo.kernel_isa()
+    if isa == "avx512" and not _has_avx512():
+        with pytest.raises(ValueError, match="lacks AVX-512"):
+            wo.kernel_isa("avx512")
+        isa = "avx2"  # the AVX2 kernels must then serve this case
+    previous_isa = wo.kernel_isa(isa)
     rows = 0 if request.param == "tiled" else 1 << 30
     previous = {bits: wo.tile_min_rows(bits, rows) for bits in (4, 8)}
     yield request.param
     for bits, value in previous.items():
         wo.tile_min_rows(bits, value)
+    wo.kernel_isa(previous_isa)
+
+
+@requires_extension
+def test_int8_kernels_run_on_avx512_where_the_cpu_has_it():
+    assert wo.kernel_isa() == ("avx512" if _has_avx512() else "avx2")
+    with pytest.raises(ValueError, match="'avx2' or 'avx512'"):
+        wo.kernel_isa("sse2")
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

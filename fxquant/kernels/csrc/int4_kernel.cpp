@@ -18,11 +18,16 @@ namespace {
 // acc[i][j] = sum over k in [k0, k1) of xp[i][k] * (code j, k), with the odd codes times 16.
 template <int MB, int NB>
 inline void group_sums(const float* const* xrow, const uint8_t* const* wrow, int64_t k0,
-                       int64_t k1, __m256 (&acc)[MB][NB]) {
+                       int64_t k1, int64_t ahead, __m256 (&acc)[MB][NB]) {
   const __m256i lo_mask = _mm256_set1_epi32(0x0F), hi_mask = _mm256_set1_epi32(0xF0);
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
   for (int64_t k = k0; k < k1; k += 16) {
+    if ((k & 127) == 0) {
+      // `ahead` bytes on (the next row block), one cache line per row: see int8_kernel.cpp.
+      for (int j = 0; j < NB; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(wrow[j] + ahead + k / 2), _MM_HINT_T0);
+    }
     __m256i v[NB];
     for (int j = 0; j < NB; ++j)
       v[j] = _mm256_cvtepu8_epi32(
@@ -62,7 +67,7 @@ struct Int4Kernel {
     for (int j = 0; j < NB; ++j) wrow[j] = w.packed + (n + j) * half;
     for (int64_t g = 0; g < G; ++g) {
       __m256 acc[MB][NB];
-      group_sums<MB, NB>(xrow, wrow, g * w.group, (g + 1) * w.group, acc);
+      group_sums<MB, NB>(xrow, wrow, g * w.group, (g + 1) * w.group, kRowBlock * half, acc);
       for (int j = 0; j < NB; ++j) {
         const float s = w.scale[(n + j) * G + g];
         const float zs = s * float(w.zero_point[(n + j) * G + g]);

@@ -27,6 +27,12 @@ struct Int8Kernel {
       for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_ps();
     const int64_t K8 = K & ~int64_t{7};
     for (int64_t k = 0; k < K8; k += 8) {
+      if ((k & 63) == 0) {
+        // The next row block, one cache line per row and step: at decode the weight streams from
+        // DRAM and the hardware prefetcher alone leaves bandwidth unused (int8_kernel_avx512.cpp).
+        for (int j = 0; j < NB; ++j)
+          _mm_prefetch(reinterpret_cast<const char*>(wn + (j + kRowBlock) * K + k), _MM_HINT_T0);
+      }
       __m256 wv[NB];
       for (int j = 0; j < NB; ++j) wv[j] = load_int8x8(wn + j * K + k);
       for (int i = 0; i < MB; ++i) {

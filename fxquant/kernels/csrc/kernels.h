@@ -35,6 +35,9 @@ struct Output {
 
 void int8_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                const Output& out);
+// The same on AVX-512 (int8_kernel_avx512.cpp); call only where cpu_has_avx512().
+void int8_rows_avx512(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
+                      const Output& out);
 // The int4 row kernel reads x reordered per 16 elements and its per-group sums (xp [M, K] and
 // xsum [M, K / group], written by int4_prepare_x once per call).
 void int4_prepare_x(const float* x, int64_t M, int64_t K, int64_t group, float* xp, float* xsum);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <optional>
+#include <string>
 
 #include "kernels.h"
 #include "tiling.h"
@@ -26,6 +27,20 @@ namespace {
 // kernels run at AVX2's FMA peak, so they win while BLAS is inefficient at small M; the int4 row
 // kernel widens codes at a higher cost, so it hands over earlier.
 std::atomic<int64_t> g_tile_min_rows[2] = {16, 24};
+// The int8 row kernels on AVX-512 (int8_kernel_avx512.cpp) widen a weight once per call from
+// four rows of x on, which keeps them ahead of BLAS on dequantized tiles up to ~32 rows (measured
+// on the GPT-2 and seed-MLP shapes, docs/weight_only_kernel.md).
+std::atomic<int64_t> g_tile_min_rows_avx512 = 48;
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+// Whether the int8 row kernels run on AVX-512: where the CPU has it, unless kernel_isa("avx2")
+// asked for the AVX2 ones (parity tests, benchmarks).
+std::atomic<bool> g_int8_avx512{cpu_has_avx512()};
 // Multiply-adds per thread chunk below which threads cost more than they save (one OpenMP fork
 // is a few microseconds).
 constexpr int64_t kMinWorkPerChunk = 1 << 15;
@@ -33,7 +48,10 @@ constexpr int64_t kMinWorkPerChunk = 1 << 15;
 // dequantized weight spills the caches).
 constexpr int64_t kMaxTileRows = 256;
 
-std::atomic<int64_t>& tile_min_rows_for(int64_t bits) { return g_tile_min_rows[bits == 8]; }
+std::atomic<int64_t>& tile_min_rows_for(int64_t bits) {
+  if (bits == 8 && g_int8_avx512.load()) return g_tile_min_rows_avx512;
+  return g_tile_min_rows[bits == 8];
+}
 
 // Tile rows: at most kMaxTileRows, a multiple of 16, and a tile count that splits evenly across
 // the threads.
@@ -138,7 +156,14 @@ at::Tensor linear_int8_wo(const at::Tensor& x, const at::Tensor& codes, const at
       [&](int64_t n0, int64_t n1, float* t) { int8_dequant_rows(w, n0, n1, t); },
       [&](const at::Tensor& x2, int64_t M, const Output& out) {
         const float* xp = x2.data_ptr<float>();
-        run_rows(M, N, K, [&](int64_t n0, int64_t n1) { int8_rows(xp, M, w, n0, n1, out); });
+        const bool avx512 = g_int8_avx512.load();
+        run_rows(M, N, K, [&](int64_t n0, int64_t n1) {
+          if (avx512) {
+            int8_rows_avx512(xp, M, w, n0, n1, out);
+          } else {
+            int8_rows(xp, M, w, n0, n1, out);
+          }
+        });
       });
 }
 
@@ -177,6 +202,19 @@ int64_t tile_min_rows(int64_t bits, int64_t rows) {
   return rows < 0 ? threshold.load() : threshold.exchange(rows);
 }
 
+// The instruction set of the int8 row kernels: "avx512" or "avx2" to choose (AVX-512 only where
+// the CPU has it), "" only reads. Returns the previous choice.
+std::string kernel_isa(std::string isa) {
+  const std::string previous = g_int8_avx512.load() ? "avx512" : "avx2";
+  if (isa.empty()) return previous;
+  TORCH_CHECK_VALUE(isa == "avx2" || isa == "avx512", "isa must be 'avx2' or 'avx512', got '",
+                    isa, "'");
+  TORCH_CHECK_VALUE(isa == "avx2" || cpu_has_avx512(),
+                    "this CPU lacks AVX-512 (avx512f, avx512bw, avx512vl, avx512dq)");
+  g_int8_avx512.store(isa == "avx512");
+  return previous;
+}
+
 }  // namespace
 }  // namespace fxquant
 
@@ -186,6 +224,7 @@ TORCH_LIBRARY(fxquant_cpu, m) {
       "linear_int4_wo(Tensor x, Tensor packed, Tensor scale, Tensor zero_point, int group_size, "
       "Tensor? bias) -> Tensor");
   m.def("tile_min_rows(int bits, int rows) -> int", &fxquant::tile_min_rows);
+  m.def("kernel_isa(str isa) -> str", &fxquant::kernel_isa);
 }
 
 TORCH_LIBRARY_IMPL(fxquant_cpu, CPU, m) {
