@@ -21,8 +21,8 @@ DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx
 MODES = ("dynamic", "static", "weight_only")
 # The fused op of each mode, and the fbgemm call it becomes once its weight is packed.
 FUSED = {
-    "dynamic": {ops.linear_dynamic, fbgemm.LINEAR_DYNAMIC},
-    "static": {ops.linear_static, fbgemm.LINEAR_STATIC},
+    "dynamic": {ops.linear_dynamic, fbgemm.LINEAR_DYNAMIC, fbgemm.WITH_RELU[fbgemm.LINEAR_DYNAMIC]},
+    "static": {ops.linear_static, fbgemm.LINEAR_STATIC, fbgemm.WITH_RELU[fbgemm.LINEAR_STATIC]},
     "weight_only": {ops.linear_weight_only, linear_weight_only_packed},
 }
 

@@ -40,6 +40,7 @@ from .freeze_fake_quant import FREEZE_FAKE_QUANT, run_freeze_fake_quant
 from .fuse_conv_relu import FUSE_CONV_RELU, run_fuse_conv_relu
 from .fuse_dequant_matmul import FUSE_DEQUANT_MATMUL, run_fuse_dequant_matmul
 from .fuse_gelu_tanh import FUSE_GELU_TANH, run_fuse_gelu_tanh
+from .fuse_linear_relu import FUSE_LINEAR_RELU, run_fuse_linear_relu
 from .gptq import GPTQ, run_gptq
 from .infra import Pass, PassContext, PassContractError, PassFn, PassResult, run_passes
 from .insert_fake_quant import INSERT_FAKE_QUANT, run_insert_fake_quant
@@ -63,7 +64,7 @@ CONVERT: tuple[Pass, ...] = (
 )
 # After conversion: the runtime form (weights packed once for the fast kernel, and the Python
 # around the kernels trimmed: what a one-token decode step pays per node).
-RUNTIME: tuple[Pass, ...] = (PACK_WEIGHTS, DROP_LINEAR_RESHAPES, FUSE_GELU_TANH)
+RUNTIME: tuple[Pass, ...] = (PACK_WEIGHTS, DROP_LINEAR_RESHAPES, FUSE_GELU_TANH, FUSE_LINEAR_RELU)
 PIPELINE: tuple[Pass, ...] = PREPARE + CALIBRATE + CONVERT
 # Quantization-aware training: the model trains between QAT_PREPARE and QAT_FREEZE.
 QAT_PREPARE: tuple[Pass, ...] = (INSERT_FAKE_QUANT,)
@@ -87,6 +88,7 @@ __all__ = [
     "FUSE_CONV_RELU",
     "FUSE_DEQUANT_MATMUL",
     "FUSE_GELU_TANH",
+    "FUSE_LINEAR_RELU",
     "GPTQ",
     "INSERT_FAKE_QUANT",
     "INSERT_OBSERVERS",
@@ -121,6 +123,7 @@ __all__ = [
     "run_fuse_conv_relu",
     "run_fuse_dequant_matmul",
     "run_fuse_gelu_tanh",
+    "run_fuse_linear_relu",
     "run_gptq",
     "run_insert_fake_quant",
     "run_insert_observers",

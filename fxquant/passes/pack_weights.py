@@ -305,6 +305,24 @@ def is_packed(gm: torch.nn.Module) -> bool:
     return bool(_entries(gm))
 
 
+def _fxquant_call(graph: fx.Graph, node: fx.Node, entry: PackedLinear) -> fx.Node:
+    """The fxquant op on int8 buffers that the packed call ``node`` stands for."""
+    w = [graph.get_attr(t) if t else None
+         for t in (entry.codes, entry.scale, entry.zero_point, entry.bias)]
+    if entry.op == "embedding":
+        return graph.call_function(ops.embedding, (node.args[0], *w[:3]))
+    if entry.op == "linear_weight_only":
+        return graph.call_function(ops.linear_weight_only, (node.args[0], *w))
+    if entry.op == "linear_dynamic":
+        x, _, rr = node.args
+        return graph.call_function(ops.linear_dynamic, (x, *w, rr))
+    if entry.op == "linear_dynamic_per_token":
+        x, _, rr, _ = node.args
+        return graph.call_function(ops.linear_dynamic_per_token, (x, *w, rr))
+    x, x_scale, x_zp, _ = node.args
+    return graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))
+
+
 def portable(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` with every packed call turned back into its fxquant op on int8 buffers."""
     entries = _entries(gm)
@@ -323,24 +341,13 @@ def portable(gm: fx.GraphModule) -> fx.GraphModule:
             owner = fetch_attr(twin, owner_name) if owner_name else twin
             owner.register_buffer(buffer, fbgemm.unpack(getattr(twin, name)))
         with twin.graph.inserting_before(node):
-            w = [twin.graph.get_attr(t) if t else None
-                 for t in (entry.codes, entry.scale, entry.zero_point, entry.bias)]
-            if entry.op == "embedding":
-                new = twin.graph.call_function(ops.embedding, (node.args[0], *w[:3]))
-            elif entry.op == "linear_weight_only":
-                new = twin.graph.call_function(ops.linear_weight_only, (node.args[0], *w))
-            elif entry.op == "linear_dynamic":
-                x, _, rr = node.args
-                new = twin.graph.call_function(ops.linear_dynamic, (x, *w, rr))
-            elif entry.op == "linear_dynamic_per_token":
-                x, _, rr, _ = node.args
-                new = twin.graph.call_function(ops.linear_dynamic_per_token, (x, *w, rr))
-            else:
-                x, x_scale, x_zp, _ = node.args
-                new = twin.graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))
+            new = _fxquant_call(twin.graph, node, entry)
         # A graph copy shares node.meta's inner dicts with the original: build new ones.
-        info = {k: v for k, v in meta(node).items() if k != "packed"}
+        info = {k: v for k, v in meta(node).items() if k not in ("packed", "fused")}
         new.meta.update({**node.meta, "fxquant": {**info, "kernel": "fxquant op (portable)"}})
+        if meta(node).get("fused") == "relu":  # fuse_linear_relu folded it into the kernel
+            with twin.graph.inserting_after(new):
+                new = twin.graph.call_function(torch.relu, (new,))
         node.replace_all_uses_with(new)
         twin.graph.erase_node(node)
     twin.graph.eliminate_dead_code()
@@ -366,8 +373,8 @@ def portable_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
-PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, linear_dynamic_per_token_packed,
-                     linear_weight_only_packed)
+PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, *fbgemm.WITH_RELU.values(),
+                     linear_dynamic_per_token_packed, linear_weight_only_packed)
 
 
 def verify_pack_weights(gm: fx.GraphModule) -> str | None:
