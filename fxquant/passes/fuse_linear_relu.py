@@ -14,30 +14,16 @@ in a ReLU.
 
 from __future__ import annotations
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import nn
 
 from ..graph import meta
 from ..kernels import fbgemm
+from .fuse_conv_relu import is_relu
 from .infra import Pass, PassContext, PassResult
-
-_RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu)
-_RELU_METHODS = ("relu", "relu_")
-
-
-def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in _RELU_METHODS
-    return node.op == "call_module" and type(gm.get_submodule(str(node.target))) is nn.ReLU
-
 
 def _relu_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     """The tensor ``node`` applies ReLU to, or None when ``node`` is not a plain ReLU."""
-    if not _is_relu(gm, node) or len(node.args) != 1:
+    if not is_relu(gm, node) or len(node.args) != 1:
         return None
     return node.args[0] if isinstance(node.args[0], fx.Node) else None
 
