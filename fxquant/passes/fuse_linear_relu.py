@@ -21,6 +21,7 @@ from ..kernels import fbgemm
 from .fuse_conv_relu import is_relu
 from .infra import Pass, PassContext, PassResult
 
+
 def _relu_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     """The tensor ``node`` applies ReLU to, or None when ``node`` is not a plain ReLU."""
     if not is_relu(gm, node) or len(node.args) != 1:
