@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import fxquant
 from fxquant import QuantConfig, ops
 from fxquant.kernels import fbgemm
-from fxquant.passes.pack_weights import linear_weight_only_packed
+from fxquant.passes.runtime_calls import linear_weight_only_blocked, linear_weight_only_packed
 from tests.models import DecoderConfig, GPT2Decoder, SmallConvNet, make_inputs, seed_mlp
 
 DEC = DecoderConfig(n_layer=2, d_model=64, n_head=4, d_mlp=256, vocab=100, n_ctx=64)
@@ -23,7 +23,7 @@ MODES = ("dynamic", "static", "weight_only")
 FUSED = {
     "dynamic": {ops.linear_dynamic, fbgemm.LINEAR_DYNAMIC, fbgemm.WITH_RELU[fbgemm.LINEAR_DYNAMIC]},
     "static": {ops.linear_static, fbgemm.LINEAR_STATIC, fbgemm.WITH_RELU[fbgemm.LINEAR_STATIC]},
-    "weight_only": {ops.linear_weight_only, linear_weight_only_packed},
+    "weight_only": {ops.linear_weight_only, linear_weight_only_packed, linear_weight_only_blocked},
 }
 
 # Bounds on ||int8(x) - fp32(x)|| / ||fp32(x)|| over held-out batches, default config

@@ -102,3 +102,25 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     if packed.dtype != torch.uint8:
         raise ValueError(f"unpack_int4 takes uint8, got {packed.dtype}")
     return torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2)
+
+
+PANEL = 16  # output channels per panel of the blocked int8 layout
+
+
+def block_int8(codes: torch.Tensor) -> torch.Tensor:
+    """int8 ``codes [N, K]`` in panels of 16 output channels: ``[ceil(N / 16), K, 16]`` with
+    ``blocked[p, k, l] = codes[16 p + l, k]`` and zeros past N (the weight-only kernel's layout,
+    like fbgemm's packing: output channels become vector lanes). Exact; undone by
+    :func:`unblock_int8`."""
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise ValueError(f"expected int8 [N, K] codes, got {codes.dtype} {tuple(codes.shape)}")
+    n, k = codes.shape
+    panels = -(-n // PANEL)
+    padded = torch.nn.functional.pad(codes, (0, 0, 0, panels * PANEL - n))
+    return padded.view(panels, PANEL, k).transpose(1, 2).contiguous()
+
+
+def unblock_int8(blocked: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``[N, K]`` codes that :func:`block_int8` laid out in ``blocked``."""
+    panels, k, _ = blocked.shape
+    return blocked.transpose(1, 2).reshape(panels * PANEL, k)[:n].contiguous()

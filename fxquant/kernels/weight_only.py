@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import cpu
-from .packing import dequantize_groupwise, unpack_int4
+from .packing import dequantize_groupwise, unblock_int8, unpack_int4
 
 _LOG = logging.getLogger("fxquant")
 _CSRC = Path(__file__).parent / "csrc"
@@ -152,6 +152,12 @@ def _load_library(library: Path) -> None:
     torch.library.register_fake("fxquant_cpu::linear_int8_wo")(fake)
     torch.library.register_fake("fxquant_cpu::linear_int4_wo")(fake)
 
+    def fake_blocked(x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor,
+                     *args: object) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], scale.shape[0]))
+
+    torch.library.register_fake("fxquant_cpu::linear_int8_wo_blocked")(fake_blocked)
+
 
 def _diagnostic(error: BaseException) -> str:
     """The compiler's first ``error:`` line (what a reader needs), else the error's last line."""
@@ -246,6 +252,17 @@ def linear_int8(
     if _use_extension(x):
         return torch.ops.fxquant_cpu.linear_int8_wo(x, codes, scale, bias)
     return linear_int8_reference(x, codes, scale, bias)
+
+
+def linear_int8_blocked(
+    x: torch.Tensor, blocked: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`linear_int8` on the panel layout of :func:`~fxquant.kernels.packing.block_int8`
+    (``blocked [ceil(N / 16), K, 16]``, N = ``scale.shape[0]``): output channels in vector lanes,
+    so the kernel needs no horizontal sums and runs BLAS-style from four rows of x."""
+    if _use_extension(x):
+        return torch.ops.fxquant_cpu.linear_int8_wo_blocked(x, blocked, scale, bias)
+    return linear_int8_reference(x, unblock_int8(blocked, scale.shape[0]), scale, bias)
 
 
 def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,

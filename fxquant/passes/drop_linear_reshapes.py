@@ -17,10 +17,15 @@ import torch.fx as fx
 
 from ..kernels import fbgemm
 from .infra import Pass, PassContext, PassResult
-from .pack_weights import linear_dynamic_per_token_packed, linear_weight_only_packed
+from .runtime_calls import (
+    linear_dynamic_per_token_packed,
+    linear_weight_only_blocked,
+    linear_weight_only_packed,
+)
 
 # Runtime calls that accept ``x`` of any rank and return ``[*x.shape[:-1], N]``.
-_ND_KERNELS = (fbgemm.LINEAR_DYNAMIC, linear_dynamic_per_token_packed, linear_weight_only_packed)
+_ND_KERNELS = (fbgemm.LINEAR_DYNAMIC, linear_dynamic_per_token_packed, linear_weight_only_packed,
+               linear_weight_only_blocked)
 
 
 def _is_size_of(node: object, x: fx.Node, *args: object) -> bool:

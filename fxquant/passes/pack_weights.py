@@ -1,23 +1,21 @@
-"""Pack once: the runtime graph calls fbgemm directly on weights packed at convert time.
+"""Pack once: the runtime graph calls the fast kernel directly on weights packed at convert time.
 
-Requires: a converted GraphModule (fused and cleaned: ``fxquant.linear_dynamic`` /
-``linear_static`` nodes reading ``fxq.*_w_int8`` buffers through ``get_attr``).
-Guarantees: every such node whose fast kernel applies becomes one call of
-``quantized::linear_dynamic`` / ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``
-(for ``linear_dynamic_per_token``: that GEMM between the row scalings, the bias outside the pack)
-on a packed weight held as a plain attribute of the GraphModule (``_packed_<n>``, read in ~0.1 us;
-not a dotted buffer path through ``Module.__getattr__``). The int8 codes it was packed from are
-dropped from the module (one copy of the weights in RAM), unless something else still reads them
-(a tied embedding table); ``state_dict()`` rebuilds them by unpacking, bit-exact, under the same
-keys, and ``load_state_dict`` re-packs from the codes it is given. Each fused node records its
+Requires: a converted GraphModule (fused and cleaned: ``fxquant.linear_*`` / ``embedding`` nodes
+reading ``fxq.*`` buffers through ``get_attr``).
+Guarantees: every such node whose fast kernel applies becomes one call (``runtime_calls``) of
+fbgemm's dynamic / static GEMM (per-token: between the row scalings, the bias outside the pack),
+fxquant's weight-only kernel (codes in output-channel panels on AVX-512, else the codes as they
+are) or the int8 row gather, on a packed weight or tuple of tensors held as a plain attribute
+(``_packed_<n>``, read in ~0.1 us; not a dotted buffer path through ``Module.__getattr__``).
+Codes that were packed are dropped from the module (one copy of the weights in RAM) unless
+something else reads them (a tied table); ``state_dict()`` rebuilds them, bit-exact, under the
+same keys, and ``load_state_dict`` re-packs from the codes it is given. Each node records its
 kernel in ``meta["fxquant"]["kernel"]``, or why it kept the fxquant op (``ctx.refusals``).
-``portable(gm)`` rebuilds the fxquant-op graph (the twin that ONNX export, ``torch.export`` and
-``torch.compile`` read).
+``portable(gm)`` rebuilds the fxquant-op graph (for ONNX export, ``torch.export``, compile).
 Why: the fxquant op's own path (argument scan, packed-weight cache check, dispatcher to a Python
 kernel, four dotted buffer reads) cost ~46 us around a 69 us fbgemm call at one token; torch.ao
 pays ~30 us. Packing once removes all of it.
 """
-
 from __future__ import annotations
 
 import copy
@@ -31,8 +29,14 @@ import torch.fx as fx
 from .. import ops
 from ..graph import fetch_attr, meta
 from ..kernels import fbgemm, weight_only
-from ..kernels.reference import token_scales
+from ..kernels.packing import block_int8, unblock_int8
 from .infra import Pass, PassContext, PassResult
+from .runtime_calls import (
+    embedding_packed,
+    linear_dynamic_per_token_packed,
+    linear_weight_only_blocked,
+    linear_weight_only_packed,
+)
 
 PASS = "pack_weights"
 _PACKED = "packed"  # gm.meta["fxquant"][_PACKED]: {attribute: PackedLinear}
@@ -48,6 +52,7 @@ class PackedLinear:
     zero_point: str
     bias: str | None
     kept_codes: bool  # the codes buffer stayed (something else reads it)
+    blocked: bool = False  # weight-only codes held in the kernel's panel layout, not aliased
 
 
 def _attr(node: Any) -> str | None:
@@ -100,8 +105,31 @@ def check(gm: fx.GraphModule, node: fx.Node) -> str | None:
 
 def _pack(gm: fx.GraphModule, entry: PackedLinear) -> Any:
     bias = None if entry.bias is None or not _bias_in_pack(entry) else fetch_attr(gm, entry.bias)
-    return fbgemm.pack(fetch_attr(gm, entry.codes), fetch_attr(gm, entry.scale),
-                       fetch_attr(gm, entry.zero_point), bias)
+    return _pack_from(entry, fetch_attr(gm, entry.codes), fetch_attr(gm, entry.scale),
+                      fetch_attr(gm, entry.zero_point), bias)
+
+
+def _pack_from(entry: PackedLinear, codes: torch.Tensor, scale: torch.Tensor,
+               zero_point: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """The packed form of one layer: fbgemm's, or (panel codes, scale, bias) for weight-only (one
+    tuple, not tensor attributes: fx would register a tensor attribute as a buffer on deepcopy)."""
+    if entry.blocked:
+        return (block_int8(codes.contiguous()), scale, bias)
+    return fbgemm.pack(codes.contiguous(), scale, zero_point, bias)
+
+
+def _unpack(entry: PackedLinear, packed: Any) -> torch.Tensor:
+    """The int8 codes ``packed`` was built from (exact)."""
+    if entry.blocked:
+        return unblock_int8(packed[0], packed[1].shape[0])
+    return fbgemm.unpack(packed)
+
+
+def _blocked_weight_only() -> bool:
+    """Weight-only layers run on the panel layout where its AVX-512 kernel runs (measured
+    1.1-1.5x fp32 from 2 to 512 rows there, docs/weight_only_kernel.md); on AVX2 the row layout's
+    kernels are as fast at decode and faster from 2 rows on, so codes stay as they are."""
+    return weight_only.kernel_isa() == "avx512"
 
 
 def _rewrite(
@@ -109,12 +137,13 @@ def _rewrite(
 ) -> tuple[str, PackedLinear]:
     op, weights, act = _layout(node)  # type: ignore[misc]
     codes, scale, zp, bias = (_attr(w) for w in weights)
-    entry = PackedLinear(op, codes, scale, zp, bias, kept_codes=False)  # type: ignore[arg-type]
+    entry = PackedLinear(op, codes, scale, zp, bias, kept_codes=False,  # type: ignore[arg-type]
+                         blocked=op == "linear_weight_only" and _blocked_weight_only())
     # A layer called twice (or a weight read by two calls) packs once.
     same = [n for n, e in entries.items()
             if (e.op, e.codes, e.scale, e.bias) == (op, codes, scale, bias)]
     name = same[0] if same else f"_packed_{len(entries)}"
-    if op in _ALIASED:
+    if op in _ALIASED and not entry.blocked:
         return _rewrite_aliased(gm, node, name, entry)
     if not same:
         object.__setattr__(gm, name, _pack(gm, entry))
@@ -124,8 +153,8 @@ def _rewrite(
         packed = gm.graph.get_attr(name)
         function, args = _packed_call(op, act, packed)
         new = gm.graph.call_function(function, args)
-    new.meta.update({**node.meta, "fxquant": {
-        **meta(node), "kernel": f"fbgemm {op}, weight packed once", "packed": name}})
+    kernel = (_BLOCKED_KERNEL if entry.blocked else f"fbgemm {op}") + ", weight packed once"
+    new.meta.update({**node.meta, "fxquant": {**meta(node), "kernel": kernel, "packed": name}})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return name, entry
@@ -133,6 +162,8 @@ def _rewrite(
 
 def _packed_call(op: str, act: tuple[Any, ...], packed: fx.Node) -> tuple[Any, tuple[Any, ...]]:
     """The runtime function and its arguments for a packed ``op`` with activation args ``act``."""
+    if op == "linear_weight_only":
+        return linear_weight_only_blocked, (act[0], packed)
     if op == "linear_dynamic":
         x, rr = act
         return fbgemm.LINEAR_DYNAMIC, (x, packed, rr)
@@ -165,42 +196,16 @@ def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
     object.__setattr__(gm, name, layer)
 
 
-def embedding_packed(indices: torch.Tensor, table: tuple) -> torch.Tensor:
-    """The runtime gather of an int8 table: ``table`` is (codes, scale [V, 1], zero_point [V, 1]
-    or None). Gathers int8 rows and dequantizes only those, in three plain tensor ops."""
-    codes, scale, zero_point = table
-    flat = indices.reshape(-1)
-    rows = codes.index_select(0, flat).to(torch.float32)
-    if zero_point is not None:
-        rows -= zero_point.index_select(0, flat)
-    rows *= scale.index_select(0, flat)
-    return rows.view(*indices.shape, codes.shape[1])
-
-
 def _bias_in_pack(entry: PackedLinear) -> bool:
     """Per-token layers add their bias after scaling the rows back, so it stays out of the pack."""
     return entry.op != "linear_dynamic_per_token"
 
 
-def linear_dynamic_per_token_packed(x: torch.Tensor, packed: Any, reduce_range: bool,
-                                    bias: torch.Tensor | None) -> torch.Tensor:
-    """The runtime call of a per-token dynamic layer: rows divided by their abs-max, fbgemm's
-    dynamic GEMM on the packed weight (packed without the bias), rows scaled back, bias added;
-    what ``fxquant::linear_dynamic_per_token`` computes on its fast path."""
-    r = token_scales(x)
-    y = fbgemm.LINEAR_DYNAMIC(x / r, packed, reduce_range).mul_(r)
-    return y if bias is None else y.add_(bias)
-
-
-def linear_weight_only_packed(x: torch.Tensor, layer: tuple) -> torch.Tensor:
-    """The runtime call of a weight-only layer: ``layer`` is (codes, scale, bias)."""
-    return weight_only.linear_int8(x, *layer)
-
-
+_BLOCKED_KERNEL = "fxquant AVX-512 weight-only int8, output-channel panels"
 # Runtime calls that read their layer's own buffers through one plain attribute (no packing).
 _ALIASED = {
     "linear_weight_only": (lambda: linear_weight_only_packed,
-                           "fxquant AVX2 weight-only int8 GEMV/GEMM"),
+                           "fxquant weight-only int8 GEMV/GEMM, rows of codes"),
     "embedding": (lambda: embedding_packed, "int8 row gather (index_select), rows dequantized"),
 }
 
@@ -269,7 +274,7 @@ def _add_unpacked_codes(module: torch.nn.Module, state_dict: dict[str, Any], pre
     """state_dict hook: the int8 codes under their usual keys, unpacked from the packed weight."""
     for name, entry in _entries(module).items():
         if not entry.kept_codes:
-            state_dict[prefix + entry.codes] = fbgemm.unpack(getattr(module, name))
+            state_dict[prefix + entry.codes] = _unpack(entry, getattr(module, name))
 
 
 def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
@@ -281,7 +286,7 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
         key = prefix + entry.codes
         if key not in state_dict:
             continue  # strict loading reports the missing key through the codes' absence
-        if entry.op in _ALIASED:
+        if entry.op in _ALIASED and not entry.blocked:
             # The buffers are updated in place, or (assign=True) become the loaded tensors.
             if assign or entry.op == "embedding":  # the embedding's scale alias is a view
                 targets = (entry.codes, entry.scale, entry.zero_point, entry.bias)
@@ -296,8 +301,8 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
             return fetch_attr(module, target) if found is None else found
 
         bias = None if entry.bias is None or not _bias_in_pack(entry) else given(entry.bias)
-        object.__setattr__(module, name, fbgemm.pack(
-            codes.contiguous(), given(entry.scale), given(entry.zero_point), bias))
+        object.__setattr__(module, name, _pack_from(
+            entry, codes, given(entry.scale), given(entry.zero_point), bias))
 
 
 def is_packed(gm: torch.nn.Module) -> bool:
@@ -339,7 +344,7 @@ def portable(gm: fx.GraphModule) -> fx.GraphModule:
         if not entry.kept_codes:
             owner_name, _, buffer = entry.codes.rpartition(".")
             owner = fetch_attr(twin, owner_name) if owner_name else twin
-            owner.register_buffer(buffer, fbgemm.unpack(getattr(twin, name)))
+            owner.register_buffer(buffer, _unpack(entry, getattr(twin, name)))
         with twin.graph.inserting_before(node):
             new = _fxquant_call(twin.graph, node, entry)
         # A graph copy shares node.meta's inner dicts with the original: build new ones.
@@ -374,7 +379,8 @@ def portable_model(model: torch.nn.Module) -> torch.nn.Module:
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
 PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, *fbgemm.WITH_RELU.values(),
-                     linear_dynamic_per_token_packed, linear_weight_only_packed)
+                     linear_dynamic_per_token_packed, linear_weight_only_packed,
+                     linear_weight_only_blocked)
 
 
 def verify_pack_weights(gm: fx.GraphModule) -> str | None:

@@ -250,3 +250,57 @@ def test_ops_trace_with_fake_tensors():
     exported = torch.export.export(Linear4(), (torch.randn(3, 64),))
     targets = [node.target for node in exported.graph.nodes]
     assert torch.ops.fxquant_cpu.linear_int4_wo.default in targets
+
+
+# --- the panel (blocked) layout ------------------------------------------------------------
+# N = 7, 130, 50: partial last panels; K = 13 / 771 not multiples of 16; M covers every decode
+# tile count (1..6 rows, then a tail), the change to the scratch kernel at 32, and its tails.
+BLOCKED_M = (1, 2, 3, 4, 5, 6, 7, 13, 31, 32, 45)
+BLOCKED_SHAPES = ((64, 48), (13, 7), (771, 130), (256, 50))
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """Run the blocked kernel on one instruction set (restored afterwards)."""
+    if not wo.available():
+        pytest.skip(f"weight-only extension not built: {wo.status().detail}")
+    if request.param == "avx512" and not _has_avx512():
+        with pytest.raises(ValueError, match="lacks AVX-512"):
+            wo.kernel_isa("avx512")
+        previous = wo.kernel_isa("avx2")  # the AVX2 kernel must then serve this case
+    else:
+        previous = wo.kernel_isa(request.param)
+    yield request.param
+    wo.kernel_isa(previous)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("m", BLOCKED_M)
+@pytest.mark.parametrize(("k", "n"), BLOCKED_SHAPES)
+def test_blocked_int8_kernel_matches_reference(isa, k, n, m, with_bias):
+    codes, scale = _int8_weight(k, n)
+    bias = torch.randn(n) if with_bias else None
+    x = torch.randn(m, k)
+    y = torch.ops.fxquant_cpu.linear_int8_wo_blocked(x, packing.block_int8(codes), scale, bias)
+    _assert_matches(y, x, codes.float() * scale[:, None], bias)
+
+
+def test_block_int8_round_trip_and_layout():
+    codes, _ = _int8_weight(5, 21)
+    blocked = packing.block_int8(codes)
+    assert blocked.shape == (2, 5, 16) and blocked.dtype == torch.int8
+    assert torch.equal(blocked[1, 3, 4], codes[20, 3])  # panel 1, k 3, lane 4 = channel 20
+    assert not blocked[1, :, 5:].any()  # channels 21..31 do not exist: zeros
+    assert torch.equal(packing.unblock_int8(blocked, 21), codes)
+    with pytest.raises(ValueError, match="int8"):
+        packing.block_int8(codes.float())
+
+
+@requires_extension
+def test_blocked_kernel_refuses_a_mismatched_layout():
+    codes, scale = _int8_weight(32, 40)
+    blocked = packing.block_int8(codes)
+    with pytest.raises(ValueError, match="panels"):
+        torch.ops.fxquant_cpu.linear_int8_wo_blocked(torch.randn(2, 32), blocked, scale[:16], None)
+    with pytest.raises(ValueError, match="K=32"):
+        torch.ops.fxquant_cpu.linear_int8_wo_blocked(torch.randn(2, 31), blocked, scale, None)

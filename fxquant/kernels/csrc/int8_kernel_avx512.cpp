@@ -9,14 +9,14 @@
 //     widening is paid once per call instead of once per block of x. Sixteen accumulators (4 x 4)
 //     are reduced together by a transpose-and-add tree (one vector of 16 sums).
 //
-// Only this file is compiled for AVX-512 (the pragma below, after every include, so no inline
-// function from a shared header is emitted with AVX-512 code); weight_only.cpp calls it only
-// where the CPU reports avx512f and avx512bw.
+// Only this file is compiled for AVX-512 (the pragma below, after every include; everything
+// defined here has internal linkage and no standard-library template is instantiated, so no
+// AVX-512 copy of a shared inline function can reach the AVX2 code); weight_only.cpp calls it
+// only where the CPU reports avx512f/bw/vl/dq.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
 
 #include "kernels.h"
 
@@ -174,13 +174,14 @@ template <int TM, int TN>
 void scratch_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                   const Output& out) {
   const int64_t k16 = (w.K + 15) / 16 * 16;
-  // 64-byte aligned: one scratch per call and thread, TN weight rows long.
-  std::vector<float> buffer(TN * k16 + 16);
-  float* scratch = reinterpret_cast<float*>(
-      (reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
+  // One scratch per call and thread, TN weight rows long. aligned_alloc, not a std::vector: no
+  // standard-library template may be instantiated under this file's AVX-512 pragma (the linker
+  // could keep that copy for the AVX2 code too).
+  float* scratch = static_cast<float*>(std::aligned_alloc(64, TN * k16 * sizeof(float)));
   int64_t n = n0;
   for (; n + TN <= n1; n += TN) scratch_block<TM, TN, TN>(x, M, w, n, scratch, k16, out);
   scratch_tail<TM, TN, TN - 1>(x, M, w, n, n1, scratch, k16, out);
+  std::free(scratch);
 }
 
 }  // namespace

@@ -26,6 +26,15 @@ struct Int4Weight {
   int64_t group;  // a multiple of 32
 };
 
+// int8 per-output-channel weight in panels of 16 output channels (blocked_kernel.h):
+// codes[(p * K + k) * 16 + l] is the code of output channel 16 p + l at input k (zero past N).
+struct BlockedInt8 {
+  const int8_t* codes;  // [ceil(N / 16), K, 16]
+  const float* scale;   // [N]
+  int64_t N;
+  int64_t K;
+};
+
 // The output block y[0:M, n0:n1] (row stride ldy) of x[M, K] @ w^T, plus bias[n] when not null.
 struct Output {
   float* y;
@@ -35,6 +44,12 @@ struct Output {
 
 void int8_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                const Output& out);
+// Output panels [p0, p1) of x @ w^T on the blocked layout (AVX2 and AVX-512 builds); scratch
+// holds 32 * K floats, 64-byte aligned.
+void int8_panels(const float* x, int64_t M, const BlockedInt8& w, int64_t p0, int64_t p1,
+                 float* scratch, const Output& out);
+void int8_panels_avx512(const float* x, int64_t M, const BlockedInt8& w, int64_t p0, int64_t p1,
+                        float* scratch, const Output& out);
 // The same on AVX-512 (int8_kernel_avx512.cpp); call only where cpu_has_avx512().
 void int8_rows_avx512(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                       const Output& out);

@@ -124,24 +124,33 @@ void run_tiled(const at::Tensor& x2, int64_t N, int64_t K, const float* bias, at
   });
 }
 
-// What both ops share once their weight is checked: check x and bias, view x as [M, K] rows,
-// then the tiled-BLAS path from tile_min_rows_for(bits) rows on (dequant fills a tile of weight
-// rows), else row_path(x2, M, out) with the row kernels. Returns y shaped like x with N last.
-template <class Dequant, class RowPath>
-at::Tensor linear_wo(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t N,
-                     int64_t K, int64_t bits, Dequant dequant, RowPath row_path) {
+// What every op shares once its weight is checked: check x and bias, view x as [M, K] rows, let
+// compute(x2, M, y, bias) fill y [M, N] (unless it is empty), return y shaped like x with N last.
+template <class Compute>
+at::Tensor over_rows(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t N,
+                     int64_t K, Compute compute) {
   check_x(x, K);
   const float* b = checked_bias(bias, N);
   const at::Tensor x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return output_view(y, x, N);
-  if (M >= tile_min_rows_for(bits).load()) {
-    run_tiled(x2, N, K, b, y, dequant);
-  } else {
-    row_path(x2, M, Output{y.data_ptr<float>(), N, b});
-  }
+  if (M > 0 && N > 0) compute(x2, M, y, b);
   return output_view(y, x, N);
+}
+
+// The row-layout ops: the tiled-BLAS path from tile_min_rows_for(bits) rows on (dequant fills a
+// tile of weight rows), else row_path(x2, M, out) with the row kernels.
+template <class Dequant, class RowPath>
+at::Tensor linear_wo(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t N,
+                     int64_t K, int64_t bits, Dequant dequant, RowPath row_path) {
+  return over_rows(x, bias, N, K, [&](const at::Tensor& x2, int64_t M, at::Tensor& y,
+                                      const float* b) {
+    if (M >= tile_min_rows_for(bits).load()) {
+      run_tiled(x2, N, K, b, y, dequant);
+    } else {
+      row_path(x2, M, Output{y.data_ptr<float>(), N, b});
+    }
+  });
 }
 
 at::Tensor linear_int8_wo(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale,
@@ -165,6 +174,37 @@ at::Tensor linear_int8_wo(const at::Tensor& x, const at::Tensor& codes, const at
           }
         });
       });
+}
+
+// The blocked (panel) layout: output channels split across threads in whole panels; each thread
+// chunk gets its own scratch (allocated here, outside the per-ISA units).
+at::Tensor linear_int8_wo_blocked(const at::Tensor& x, const at::Tensor& blocked,
+                                  const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(blocked.dim() == 3 && blocked.size(2) == 16,
+                    "blocked must be [ceil(N / 16), K, 16], got ", blocked.sizes());
+  TORCH_CHECK_VALUE(scale.dim() == 1, "scale must be [N], got ", scale.sizes());
+  const int64_t N = scale.size(0), K = blocked.size(1), P = blocked.size(0);
+  TORCH_CHECK_VALUE(P == (N + 15) / 16, "blocked holds ", P, " panels, N=", N, " needs ",
+                    (N + 15) / 16);
+  check_param(blocked, at::kChar, {P, K, 16}, "blocked");
+  check_param(scale, at::kFloat, {N}, "scale");
+  const BlockedInt8 w{blocked.data_ptr<int8_t>(), scale.data_ptr<float>(), N, K};
+  const bool avx512 = g_int8_avx512.load();
+  return over_rows(x, bias, N, K, [&](const at::Tensor& x2, int64_t M, at::Tensor& y,
+                                      const float* b) {
+    const Output out{y.data_ptr<float>(), N, b};
+    const float* xp = x2.data_ptr<float>();
+    const int64_t grain = std::max<int64_t>(2, kMinWorkPerChunk / (M * std::max<int64_t>(K, 1) * 16));
+    at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
+      at::Tensor scratch = at::empty({K * 32 + 16}, x2.options());
+      float* sp = scratch.data_ptr<float>();
+      if (avx512) {
+        int8_panels_avx512(xp, M, w, p0, p1, sp, out);
+      } else {
+        int8_panels(xp, M, w, p0, p1, sp, out);
+      }
+    });
+  });
 }
 
 at::Tensor linear_int4_wo(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
@@ -220,6 +260,7 @@ std::string kernel_isa(std::string isa) {
 
 TORCH_LIBRARY(fxquant_cpu, m) {
   m.def("linear_int8_wo(Tensor x, Tensor codes, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("linear_int8_wo_blocked(Tensor x, Tensor blocked, Tensor scale, Tensor? bias) -> Tensor");
   m.def(
       "linear_int4_wo(Tensor x, Tensor packed, Tensor scale, Tensor zero_point, int group_size, "
       "Tensor? bias) -> Tensor");
@@ -229,5 +270,6 @@ TORCH_LIBRARY(fxquant_cpu, m) {
 
 TORCH_LIBRARY_IMPL(fxquant_cpu, CPU, m) {
   m.impl("linear_int8_wo", &fxquant::linear_int8_wo);
+  m.impl("linear_int8_wo_blocked", &fxquant::linear_int8_wo_blocked);
   m.impl("linear_int4_wo", &fxquant::linear_int4_wo);
 }
