@@ -124,3 +124,21 @@ def unblock_int8(blocked: torch.Tensor, n: int) -> torch.Tensor:
     """The ``[N, K]`` codes that :func:`block_int8` laid out in ``blocked``."""
     panels, k, _ = blocked.shape
     return blocked.transpose(1, 2).reshape(panels * PANEL, k)[:n].contiguous()
+
+
+def block_int8_vnni(codes: torch.Tensor) -> torch.Tensor:
+    """int8 ``codes [N, K]`` in panels of 16 output channels with 4 consecutive k per lane (what
+    one VNNI instruction multiplies): ``[ceil(N / 16), ceil(K / 4), 16, 4]``, ``blocked[p, i, l, j]
+    = codes[16 p + l, 4 i + j]``, zeros past N and K. Exact; undone by :func:`unblock_int8_vnni`."""
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise ValueError(f"expected int8 [N, K] codes, got {codes.dtype} {tuple(codes.shape)}")
+    n, k = codes.shape
+    panels, k4 = -(-n // PANEL), -(-k // 4)
+    padded = torch.nn.functional.pad(codes, (0, k4 * 4 - k, 0, panels * PANEL - n))
+    return padded.view(panels, PANEL, k4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+def unblock_int8_vnni(blocked: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The ``[N, K]`` codes that :func:`block_int8_vnni` laid out in ``blocked``."""
+    panels, k4 = blocked.shape[:2]
+    return blocked.permute(0, 2, 1, 3).reshape(panels * PANEL, k4 * 4)[:n, :k].contiguous()

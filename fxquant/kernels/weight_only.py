@@ -157,6 +157,7 @@ def _load_library(library: Path) -> None:
         return x.new_empty((*x.shape[:-1], scale.shape[0]))
 
     torch.library.register_fake("fxquant_cpu::linear_int8_wo_blocked")(fake_blocked)
+    torch.library.register_fake("fxquant_cpu::linear_int8_dynamic")(fake_blocked)
 
 
 def _diagnostic(error: BaseException) -> str:

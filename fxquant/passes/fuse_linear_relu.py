@@ -1,8 +1,9 @@
 """Fuse a ReLU into the packed int8 linear that feeds it.
 
 Requires: a runtime GraphModule (``pack_weights`` has run).
-Guarantees: ``relu(fbgemm linear(x, W))`` becomes one call of fbgemm's ReLU variant
-(``quantized::linear_relu_dynamic`` / ``linear_with_input_q_dq_qweight_dq_relu_output_fp32``) when
+Guarantees: ``relu(packed linear(x, W))`` becomes one call of the kernel's ReLU variant (fbgemm's
+``quantized::linear_relu_dynamic`` / ``linear_with_input_q_dq_qweight_dq_relu_output_fp32``, the
+VNNI kernel's ReLU epilogue) when
 the ReLU is the linear's only user: bit-identical (the kernel clamps its float output at zero in
 its epilogue). The ReLU may be ``torch.relu`` / ``F.relu`` (in place or not), ``x.relu()`` or an
 ``nn.ReLU`` module. The fused node keeps the linear's ``meta["fxquant"]`` with ``"fused": "relu"``
@@ -17,9 +18,9 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..graph import meta
-from ..kernels import fbgemm
 from .fuse_conv_relu import is_relu
 from .infra import Pass, PassContext, PassResult
+from .runtime_calls import WITH_RELU
 
 
 def _relu_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
@@ -32,7 +33,7 @@ def _relu_input(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
 def _fusable(gm: fx.GraphModule, relu: fx.Node) -> fx.Node | None:
     """The packed linear ``relu`` can absorb: its input, called with no other user."""
     linear = _relu_input(gm, relu)
-    if (linear is None or linear.op != "call_function" or linear.target not in fbgemm.WITH_RELU
+    if (linear is None or linear.op != "call_function" or linear.target not in WITH_RELU
             or len(linear.users) != 1):
         return None
     return linear
@@ -45,7 +46,7 @@ def run_fuse_linear_relu(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         linear = _fusable(gm, relu)
         if linear is None:
             continue
-        linear.target = fbgemm.WITH_RELU[linear.target]  # type: ignore[index]  # checked above
+        linear.target = WITH_RELU[linear.target]  # type: ignore[index]  # checked above
         info = meta(linear)
         kernel = str(info.get("kernel", "fbgemm linear"))
         head, sep, tail = kernel.partition(",")

@@ -73,6 +73,9 @@ class PassContext:
     # but skip work that reads values (finite checks, packing). Calibration never runs in replay,
     # and run_passes recompiles the code once after the last pass, not after each.
     replay: bool = False
+    # The model generates token by token (a causal LM): pack_weights prefers kernels tuned for
+    # one-row calls where a choice trades decode against prefill speed.
+    decode: bool = False
 
     def refuse(self, pass_name: str, node: fx.Node, reason: str) -> None:
         self.refusals.setdefault(pass_name, []).append((node.name, reason))

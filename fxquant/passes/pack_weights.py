@@ -18,7 +18,6 @@ pays ~30 us. Packing once removes all of it.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,18 +27,21 @@ import torch.fx as fx
 
 from .. import ops
 from ..graph import fetch_attr, meta
-from ..kernels import fbgemm, weight_only
+from ..kernels import dynamic, fbgemm, weight_only
 from ..kernels.packing import block_int8, unblock_int8
 from .infra import Pass, PassContext, PassResult
 from .runtime_calls import (
+    WITH_RELU,
     embedding_packed,
     linear_dynamic_per_token_packed,
+    linear_dynamic_vnni,
     linear_weight_only_blocked,
     linear_weight_only_packed,
 )
 
 PASS = "pack_weights"
-_PACKED = "packed"  # gm.meta["fxquant"][_PACKED]: {attribute: PackedLinear}
+# gm.meta["fxquant"][PACKED_META]: {runtime attribute: PackedLinear}
+PACKED_META = "packed"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,9 @@ class PackedLinear:
     zero_point: str
     bias: str | None
     kept_codes: bool  # the codes buffer stayed (something else reads it)
-    blocked: bool = False  # weight-only codes held in the kernel's panel layout, not aliased
+    # "" (fbgemm's pack, or the codes aliased), "panels" (weight-only, block_int8) or "vnni"
+    # (dynamic, fxquant's VNNI kernel): the runtime form of the codes.
+    layout: str = ""
 
 
 def _attr(node: Any) -> str | None:
@@ -111,17 +115,21 @@ def _pack(gm: fx.GraphModule, entry: PackedLinear) -> Any:
 
 def _pack_from(entry: PackedLinear, codes: torch.Tensor, scale: torch.Tensor,
                zero_point: torch.Tensor, bias: torch.Tensor | None) -> Any:
-    """The packed form of one layer: fbgemm's, or (panel codes, scale, bias) for weight-only (one
+    """The packed form of one layer: fbgemm's, or a tuple of tensors for fxquant's kernels (one
     tuple, not tensor attributes: fx would register a tensor attribute as a buffer on deepcopy)."""
-    if entry.blocked:
+    if entry.layout == "panels":
         return (block_int8(codes.contiguous()), scale, bias)
+    if entry.layout == "vnni":
+        return dynamic.pack(codes.contiguous(), scale, bias)
     return fbgemm.pack(codes.contiguous(), scale, zero_point, bias)
 
 
-def _unpack(entry: PackedLinear, packed: Any) -> torch.Tensor:
+def unpack(entry: PackedLinear, packed: Any) -> torch.Tensor:
     """The int8 codes ``packed`` was built from (exact)."""
-    if entry.blocked:
+    if entry.layout == "panels":
         return unblock_int8(packed[0], packed[1].shape[0])
+    if entry.layout == "vnni":
+        return dynamic.unpack(packed)
     return fbgemm.unpack(packed)
 
 
@@ -132,18 +140,28 @@ def _blocked_weight_only() -> bool:
     return weight_only.kernel_isa() == "avx512"
 
 
+def _layout_for(op: str, ctx: PassContext) -> str:
+    if op == "linear_weight_only":
+        return "panels" if _blocked_weight_only() else ""
+    # fxquant's VNNI kernel streams a weight 1.2-2.3x faster than fbgemm at 1-3 rows, 0.7-0.8x
+    # as fast from 32 rows on (docs/kernel_choice.md): for models that decode token by token.
+    if op == "linear_dynamic" and ctx.decode and dynamic.available():
+        return "vnni"
+    return ""
+
+
 def _rewrite(
-    gm: fx.GraphModule, node: fx.Node, entries: dict[str, PackedLinear]
+    gm: fx.GraphModule, node: fx.Node, entries: dict[str, PackedLinear], ctx: PassContext
 ) -> tuple[str, PackedLinear]:
     op, weights, act = _layout(node)  # type: ignore[misc]
     codes, scale, zp, bias = (_attr(w) for w in weights)
     entry = PackedLinear(op, codes, scale, zp, bias, kept_codes=False,  # type: ignore[arg-type]
-                         blocked=op == "linear_weight_only" and _blocked_weight_only())
+                         layout=_layout_for(op, ctx))
     # A layer called twice (or a weight read by two calls) packs once.
     same = [n for n, e in entries.items()
             if (e.op, e.codes, e.scale, e.bias) == (op, codes, scale, bias)]
     name = same[0] if same else f"_packed_{len(entries)}"
-    if op in _ALIASED and not entry.blocked:
+    if op in _ALIASED and not entry.layout:
         return _rewrite_aliased(gm, node, name, entry)
     if not same:
         object.__setattr__(gm, name, _pack(gm, entry))
@@ -151,19 +169,23 @@ def _rewrite(
         # fx warns that a plain attribute is not a buffer: being one is the point (fast reads).
         warnings.simplefilter("ignore", UserWarning)
         packed = gm.graph.get_attr(name)
-        function, args = _packed_call(op, act, packed)
+        function, args = _packed_call(entry, act, packed)
         new = gm.graph.call_function(function, args)
-    kernel = (_BLOCKED_KERNEL if entry.blocked else f"fbgemm {op}") + ", weight packed once"
+    kernel = _KERNELS.get(entry.layout, f"fbgemm {op}") + ", weight packed once"
     new.meta.update({**node.meta, "fxquant": {**meta(node), "kernel": kernel, "packed": name}})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return name, entry
 
 
-def _packed_call(op: str, act: tuple[Any, ...], packed: fx.Node) -> tuple[Any, tuple[Any, ...]]:
-    """The runtime function and its arguments for a packed ``op`` with activation args ``act``."""
+def _packed_call(entry: PackedLinear, act: tuple[Any, ...],
+                 packed: fx.Node) -> tuple[Any, tuple[Any, ...]]:
+    """The runtime function and its arguments for a packed layer with activation args ``act``."""
+    op = entry.op
     if op == "linear_weight_only":
         return linear_weight_only_blocked, (act[0], packed)
+    if entry.layout == "vnni":
+        return linear_dynamic_vnni, (act[0], packed, act[1])
     if op == "linear_dynamic":
         x, rr = act
         return fbgemm.LINEAR_DYNAMIC, (x, packed, rr)
@@ -201,7 +223,8 @@ def _bias_in_pack(entry: PackedLinear) -> bool:
     return entry.op != "linear_dynamic_per_token"
 
 
-_BLOCKED_KERNEL = "fxquant AVX-512 weight-only int8, output-channel panels"
+_KERNELS = {"panels": "fxquant AVX-512 weight-only int8, output-channel panels",
+            "vnni": "fxquant AVX-512 VNNI int8 GEMM, output-channel panels (decode-tuned)"}
 # Runtime calls that read their layer's own buffers through one plain attribute (no packing).
 _ALIASED = {
     "linear_weight_only": (lambda: linear_weight_only_packed,
@@ -253,28 +276,29 @@ def run_pack_weights(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             meta(node)["kernel"] = f"fxquant::{node.target.__name__.split('.')[0]} ({reason})"
             ctx.refuse(PASS, node, reason)
             continue
-        name, entry = _rewrite(gm, node, entries)
+        name, entry = _rewrite(gm, node, entries, ctx)
         entries[name] = entry
     if not entries:
         return PassResult(gm, False)
     gm.graph.eliminate_dead_code()
     _drop_unread_codes(gm, entries, ctx.shared_tensors)
-    gm.meta.setdefault("fxquant", {})[_PACKED] = entries
+    gm.meta.setdefault("fxquant", {})[PACKED_META] = entries
     gm._register_state_dict_hook(_add_unpacked_codes)
     gm._register_load_state_dict_pre_hook(_repack, with_module=True)
     return PassResult(gm, True)
 
 
-def _entries(module: torch.nn.Module) -> dict[str, PackedLinear]:
-    return getattr(module, "meta", {}).get("fxquant", {}).get(_PACKED, {})
+def entries_of(module: torch.nn.Module) -> dict[str, PackedLinear]:
+    """What ``pack_weights`` packed in ``module``, by runtime attribute name."""
+    return getattr(module, "meta", {}).get("fxquant", {}).get(PACKED_META, {})
 
 
 def _add_unpacked_codes(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
                         _local_metadata: Any) -> None:
     """state_dict hook: the int8 codes under their usual keys, unpacked from the packed weight."""
-    for name, entry in _entries(module).items():
+    for name, entry in entries_of(module).items():
         if not entry.kept_codes:
-            state_dict[prefix + entry.codes] = _unpack(entry, getattr(module, name))
+            state_dict[prefix + entry.codes] = unpack(entry, getattr(module, name))
 
 
 def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
@@ -282,11 +306,11 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
     """load_state_dict pre-hook: re-pack every packed weight from the codes being loaded."""
     assign = bool(_args and isinstance(_args[0], dict) and
                   _args[0].get("assign_to_params_buffers"))
-    for name, entry in _entries(module).items():
+    for name, entry in entries_of(module).items():
         key = prefix + entry.codes
         if key not in state_dict:
             continue  # strict loading reports the missing key through the codes' absence
-        if entry.op in _ALIASED and not entry.blocked:
+        if entry.op in _ALIASED and not entry.layout:
             # The buffers are updated in place, or (assign=True) become the loaded tensors.
             if assign or entry.op == "embedding":  # the embedding's scale alias is a view
                 targets = (entry.codes, entry.scale, entry.zero_point, entry.bias)
@@ -307,80 +331,12 @@ def _repack(module: torch.nn.Module, state_dict: dict[str, Any], prefix: str,
 
 def is_packed(gm: torch.nn.Module) -> bool:
     """Whether ``gm`` holds weights this pass packed."""
-    return bool(_entries(gm))
-
-
-def _fxquant_call(graph: fx.Graph, node: fx.Node, entry: PackedLinear) -> fx.Node:
-    """The fxquant op on int8 buffers that the packed call ``node`` stands for."""
-    w = [graph.get_attr(t) if t else None
-         for t in (entry.codes, entry.scale, entry.zero_point, entry.bias)]
-    if entry.op == "embedding":
-        return graph.call_function(ops.embedding, (node.args[0], *w[:3]))
-    if entry.op == "linear_weight_only":
-        return graph.call_function(ops.linear_weight_only, (node.args[0], *w))
-    if entry.op == "linear_dynamic":
-        x, _, rr = node.args
-        return graph.call_function(ops.linear_dynamic, (x, *w, rr))
-    if entry.op == "linear_dynamic_per_token":
-        x, _, rr, _ = node.args
-        return graph.call_function(ops.linear_dynamic_per_token, (x, *w, rr))
-    x, x_scale, x_zp, _ = node.args
-    return graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))
-
-
-def portable(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` with every packed call turned back into its fxquant op on int8 buffers."""
-    entries = _entries(gm)
-    twin = copy.deepcopy(gm)
-    if not entries:
-        return twin
-    twin._state_dict_hooks.clear()
-    twin._load_state_dict_pre_hooks.clear()
-    for node in list(twin.graph.nodes):
-        name = meta(node).get("packed") if node.op == "call_function" else None
-        if name is None:
-            continue
-        entry = entries[name]
-        if not entry.kept_codes:
-            owner_name, _, buffer = entry.codes.rpartition(".")
-            owner = fetch_attr(twin, owner_name) if owner_name else twin
-            owner.register_buffer(buffer, _unpack(entry, getattr(twin, name)))
-        with twin.graph.inserting_before(node):
-            new = _fxquant_call(twin.graph, node, entry)
-        # A graph copy shares node.meta's inner dicts with the original: build new ones.
-        info = {k: v for k, v in meta(node).items() if k not in ("packed", "fused")}
-        new.meta.update({**node.meta, "fxquant": {**info, "kernel": "fxquant op (portable)"}})
-        if meta(node).get("fused") == "relu":  # fuse_linear_relu folded it into the kernel
-            with twin.graph.inserting_after(new):
-                new = twin.graph.call_function(torch.relu, (new,))
-        node.replace_all_uses_with(new)
-        twin.graph.erase_node(node)
-    twin.graph.eliminate_dead_code()
-    for name in entries:
-        delattr(twin, name)
-    twin.meta["fxquant"] = {k: v for k, v in twin.meta["fxquant"].items() if k != _PACKED}
-    twin.recompile()
-    return twin
-
-
-def portable_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` (a converted GraphModule, or a shell holding converted regions) in
-    which every packed region is its portable fxquant-op twin."""
-    if isinstance(model, fx.GraphModule):
-        return portable(model)
-    twin = copy.deepcopy(model)
-    for name, module in list(twin.named_modules()):
-        if name and isinstance(module, fx.GraphModule) and is_packed(module):
-            parent_name, _, child = name.rpartition(".")
-            parent = twin.get_submodule(parent_name) if parent_name else twin
-            setattr(parent, child, portable(module))
-    return twin
+    return bool(entries_of(gm))
 
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
-PACKED_LINEAR_OPS = (fbgemm.LINEAR_DYNAMIC, fbgemm.LINEAR_STATIC, *fbgemm.WITH_RELU.values(),
-                     linear_dynamic_per_token_packed, linear_weight_only_packed,
-                     linear_weight_only_blocked)
+PACKED_LINEAR_OPS = (*WITH_RELU, *WITH_RELU.values(), linear_dynamic_per_token_packed,
+                     linear_weight_only_packed, linear_weight_only_blocked)
 
 
 def verify_pack_weights(gm: fx.GraphModule) -> str | None:
@@ -390,7 +346,7 @@ def verify_pack_weights(gm: fx.GraphModule) -> str | None:
         if _layout(node) is not None and check(gm, node) is None:
             return f"{node.name} could call its kernel directly but still calls the fxquant op"
     read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-    for name in _entries(gm):
+    for name in entries_of(gm):
         if not hasattr(gm, name) or name not in read:
             return f"packed weight {name} is missing or not read by the graph"
     return None

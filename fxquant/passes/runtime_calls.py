@@ -7,11 +7,12 @@ with no per-call preparation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..kernels import fbgemm, weight_only
+from ..kernels import dynamic, fbgemm, weight_only
 from ..kernels.reference import token_scales
 
 
@@ -48,3 +49,20 @@ def linear_weight_only_blocked(x: torch.Tensor, layer: tuple) -> torch.Tensor:
     """The runtime call of a weight-only layer on the panel layout: ``layer`` is (blocked codes
     ``[ceil(N / 16), K, 16]``, scale, bias), see :func:`fxquant.kernels.packing.block_int8`."""
     return weight_only.linear_int8_blocked(x, *layer)
+
+
+def linear_dynamic_vnni(x: torch.Tensor, layer: dynamic.VnniLinear,
+                        reduce_range: bool) -> torch.Tensor:
+    """The runtime call of a dynamic layer on fxquant's VNNI kernel (decode-tuned packing)."""
+    return dynamic.linear(x, layer, reduce_range)
+
+
+def linear_relu_dynamic_vnni(x: torch.Tensor, layer: dynamic.VnniLinear,
+                             reduce_range: bool) -> torch.Tensor:
+    """``relu(linear_dynamic_vnni(...))``, the clamp in the kernel's epilogue (bit-identical)."""
+    return dynamic.linear(x, layer, reduce_range, relu=True)
+
+
+# A packed linear's call -> the same call with ReLU fused in its epilogue (fuse_linear_relu).
+WITH_RELU: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
+    **fbgemm.WITH_RELU, linear_dynamic_vnni: linear_relu_dynamic_vnni}

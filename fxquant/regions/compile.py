@@ -263,8 +263,12 @@ def pack_regions(shell: nn.Module, record: QuantRecord) -> None:
             if t is not None:
                 (tied if id(t) in seen else seen).add(id(t))
     record.layers = []
+    # A causal LM decodes one token per call: pack for one-row calls (passes.PassContext.decode).
+    can_generate = getattr(shell, "can_generate", None)
+    decode = bool(callable(can_generate) and can_generate())
     for name, gm in region_modules(shell):
-        ctx = passes.PassContext(config=_region_config(record.config, name), shared_tensors=tied)
+        ctx = passes.PassContext(config=_region_config(record.config, name), shared_tensors=tied,
+                                 decode=decode)
         gm = passes.run_passes(gm, passes.RUNTIME, ctx)
         set_submodule(shell, name, gm)
         record.layers += _layer_records(name, gm, record.config)

@@ -35,6 +35,34 @@ struct BlockedInt8 {
   int64_t K;
 };
 
+// Dynamic int8 x int8 linear on output-channel panels grouped for VNNI (4 consecutive k per lane):
+// codes[((p * K4 + k4) * 16 + l) * 4 + j] is the code of channel 16 p + l at input 4 k4 + j (zero
+// past N and K). y = (sum_k xq * w - x_zp * row_sum) * x_scale * scale + bias, ReLU optional.
+struct DynamicInt8 {
+  const int8_t* codes;     // [ceil(N / 16), K4, 16, 4]
+  const float* scale;      // [N]
+  const int32_t* row_sum;  // [N], sum over k of the channel's codes
+  int64_t N;
+  int64_t K4;
+};
+
+struct DynamicOutput {
+  float* y;
+  int64_t ldy;
+  const float* bias;
+  float x_scale;
+  int32_t x_zero_point;
+  bool relu;
+};
+
+// AVX-512 helpers of the dynamic op: the range of x, and one row quantized to uint8.
+void float_range_avx512(const float* x, int64_t n, float* lo, float* hi);
+void quantize_row_avx512(const float* x, int64_t K, float scale, int32_t zero_point, float qmax,
+                         uint8_t* q);
+// Output panels [p0, p1) for M rows of xq (uint8, row stride 4 * K4, zero-point-padded).
+void int8_dynamic_panels_vnni(const uint8_t* xq, int64_t M, const DynamicInt8& w, int64_t p0,
+                              int64_t p1, const DynamicOutput& out);
+
 // The output block y[0:M, n0:n1] (row stride ldy) of x[M, K] @ w^T, plus bias[n] when not null.
 struct Output {
   float* y;

@@ -41,6 +41,17 @@ bool cpu_has_avx512() {
 // Whether the int8 row kernels run on AVX-512: where the CPU has it, unless kernel_isa("avx2")
 // asked for the AVX2 ones (parity tests, benchmarks).
 std::atomic<bool> g_int8_avx512{cpu_has_avx512()};
+
+}  // namespace
+
+bool int8_kernels_use_avx512() { return g_int8_avx512.load(); }
+
+bool cpu_has_vnni() {
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
+
+namespace {
 // Multiply-adds per thread chunk below which threads cost more than they save (one OpenMP fork
 // is a few microseconds).
 constexpr int64_t kMinWorkPerChunk = 1 << 15;
