@@ -45,8 +45,11 @@ def unpack(layer: VnniLinear) -> torch.Tensor:
     return unblock_int8_vnni(layer.codes, layer.scale.shape[0], layer.k)
 
 
-def linear(x: torch.Tensor, layer: VnniLinear, reduce_range: bool,
-           relu: bool = False) -> torch.Tensor:
-    """``relu?(dequant(quant(x)) @ dequant(W).T + bias)`` with x quantized per tensor."""
+def linear(x: torch.Tensor, layer: VnniLinear, reduce_range: bool, relu: bool = False,
+           per_token: bool = False) -> torch.Tensor:
+    """``relu?(dequant(quant(x)) @ dequant(W).T + bias)`` with x quantized per tensor, or per token
+    (``reference.fake_quantize_dynamic_per_token``: rows divided by their abs-max, quantized per
+    tensor, the kernel multiplying each row back in its epilogue)."""
     return torch.ops.fxquant_cpu.linear_int8_dynamic(
-        x, layer.codes, layer.scale, layer.row_sum, layer.bias, layer.k, reduce_range, relu)
+        x, layer.codes, layer.scale, layer.row_sum, layer.bias, layer.k, reduce_range, relu,
+        per_token)

@@ -19,6 +19,7 @@ from ..kernels import fbgemm
 from .infra import Pass, PassContext, PassResult
 from .runtime_calls import (
     linear_dynamic_per_token_packed,
+    linear_dynamic_per_token_vnni,
     linear_dynamic_vnni,
     linear_weight_only_blocked,
     linear_weight_only_packed,
@@ -26,7 +27,7 @@ from .runtime_calls import (
 
 # Runtime calls that accept ``x`` of any rank and return ``[*x.shape[:-1], N]``.
 _ND_KERNELS = (fbgemm.LINEAR_DYNAMIC, linear_dynamic_per_token_packed, linear_weight_only_packed,
-               linear_weight_only_blocked, linear_dynamic_vnni)
+               linear_weight_only_blocked, linear_dynamic_vnni, linear_dynamic_per_token_vnni)
 
 
 def _is_size_of(node: object, x: fx.Node, *args: object) -> bool:

@@ -34,6 +34,7 @@ from .runtime_calls import (
     WITH_RELU,
     embedding_packed,
     linear_dynamic_per_token_packed,
+    linear_dynamic_per_token_vnni,
     linear_dynamic_vnni,
     linear_weight_only_blocked,
     linear_weight_only_packed,
@@ -145,7 +146,8 @@ def _layout_for(op: str, ctx: PassContext) -> str:
         return "panels" if _blocked_weight_only() else ""
     # fxquant's VNNI kernel streams a weight 1.2-2.3x faster than fbgemm at 1-3 rows, 0.7-0.8x
     # as fast from 32 rows on (docs/kernel_choice.md): for models that decode token by token.
-    if op == "linear_dynamic" and ctx.decode and dynamic.available():
+    # Per token, it also quantizes the rows and scales them back in its own loops.
+    if op in ("linear_dynamic", "linear_dynamic_per_token") and ctx.decode and dynamic.available():
         return "vnni"
     return ""
 
@@ -171,7 +173,7 @@ def _rewrite(
         packed = gm.graph.get_attr(name)
         function, args = _packed_call(entry, act, packed)
         new = gm.graph.call_function(function, args)
-    kernel = _KERNELS.get(entry.layout, f"fbgemm {op}") + ", weight packed once"
+    kernel = _KERNELS.get(entry.layout, "fbgemm {op}").format(op=op) + ", weight packed once"
     new.meta.update({**node.meta, "fxquant": {**meta(node), "kernel": kernel, "packed": name}})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
@@ -185,7 +187,9 @@ def _packed_call(entry: PackedLinear, act: tuple[Any, ...],
     if op == "linear_weight_only":
         return linear_weight_only_blocked, (act[0], packed)
     if entry.layout == "vnni":
-        return linear_dynamic_vnni, (act[0], packed, act[1])
+        per_token = op == "linear_dynamic_per_token"
+        return (linear_dynamic_per_token_vnni if per_token else linear_dynamic_vnni,
+                (act[0], packed, act[1]))
     if op == "linear_dynamic":
         x, rr = act
         return fbgemm.LINEAR_DYNAMIC, (x, packed, rr)
@@ -220,11 +224,11 @@ def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
 
 def _bias_in_pack(entry: PackedLinear) -> bool:
     """Per-token layers add their bias after scaling the rows back, so it stays out of the pack."""
-    return entry.op != "linear_dynamic_per_token"
+    return entry.op != "linear_dynamic_per_token" or entry.layout == "vnni"
 
 
-_KERNELS = {"panels": "fxquant AVX-512 weight-only int8, output-channel panels",
-            "vnni": "fxquant AVX-512 VNNI int8 GEMM, output-channel panels (decode-tuned)"}
+_KERNELS = {"panels": "fxquant AVX-512 weight-only int8 ({op}), output-channel panels",
+            "vnni": "fxquant AVX-512 VNNI int8 GEMM ({op}), output-channel panels"}
 # Runtime calls that read their layer's own buffers through one plain attribute (no packing).
 _ALIASED = {
     "linear_weight_only": (lambda: linear_weight_only_packed,
@@ -336,7 +340,8 @@ def is_packed(gm: torch.nn.Module) -> bool:
 
 # The ops a packed runtime graph calls in place of fxquant's fused linears.
 PACKED_LINEAR_OPS = (*WITH_RELU, *WITH_RELU.values(), linear_dynamic_per_token_packed,
-                     linear_weight_only_packed, linear_weight_only_blocked)
+                     linear_dynamic_per_token_vnni, linear_weight_only_packed,
+                     linear_weight_only_blocked)
 
 
 def verify_pack_weights(gm: fx.GraphModule) -> str | None:

@@ -29,7 +29,7 @@ def _fxquant_call(graph: fx.Graph, node: fx.Node, entry: PackedLinear) -> fx.Nod
         x, _, rr = node.args
         return graph.call_function(ops.linear_dynamic, (x, *w, rr))
     if entry.op == "linear_dynamic_per_token":
-        x, _, rr, _ = node.args
+        x, _, rr = node.args[:3]  # fbgemm's form also passes the bias, the VNNI one does not
         return graph.call_function(ops.linear_dynamic_per_token, (x, *w, rr))
     x, x_scale, x_zp, _ = node.args
     return graph.call_function(ops.linear_static, (x, x_scale, x_zp, False, *w))

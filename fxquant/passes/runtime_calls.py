@@ -63,6 +63,13 @@ def linear_relu_dynamic_vnni(x: torch.Tensor, layer: dynamic.VnniLinear,
     return dynamic.linear(x, layer, reduce_range, relu=True)
 
 
+def linear_dynamic_per_token_vnni(x: torch.Tensor, layer: dynamic.VnniLinear,
+                                  reduce_range: bool) -> torch.Tensor:
+    """The runtime call of a per-token dynamic layer on fxquant's VNNI kernel (rows quantized
+    and scaled back inside the op, the bias after)."""
+    return dynamic.linear(x, layer, reduce_range, per_token=True)
+
+
 # A packed linear's call -> the same call with ReLU fused in its epilogue (fuse_linear_relu).
 WITH_RELU: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
     **fbgemm.WITH_RELU, linear_dynamic_vnni: linear_relu_dynamic_vnni}

@@ -76,3 +76,18 @@ def test_pack_round_trip_layout_and_shapes():
     assert dynamic.linear(x3, layer, False).shape == (2, 3, 21)
     with pytest.raises(ValueError, match="K=10"):
         dynamic.linear(torch.randn(2, 11), layer, False)
+
+
+@pytest.mark.parametrize("m", (1, 6, 13))
+@pytest.mark.parametrize(("k", "n"), SHAPES)
+def test_per_token_matches_the_reference_within_rounding(k, n, m):
+    qw, layer = _layer(k, n, with_bias=True)
+    # Rows of very different magnitudes: what per-token quantization is for.
+    x = torch.randn(m, k) * torch.logspace(-2, 2, m)[:, None]
+    x[0] = 0.0  # an all-zero row stays exactly zero (before the bias)
+    y = dynamic.linear(x, layer, False, per_token=True)
+    expected = reference.linear_dynamic_per_token(x, qw.codes, qw.scale, qw.zero_point,
+                                                  layer.bias, False)
+    magnitude = x.abs() @ qw.dequantize().abs().T + layer.bias.abs() + 1e-3
+    assert ((y - expected).abs() <= 1e-5 * magnitude).all()
+    assert torch.equal(y[0], layer.bias)

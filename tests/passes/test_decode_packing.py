@@ -81,3 +81,20 @@ def test_a_model_that_generates_gets_the_decode_kernel_where_it_runs():
 def test_other_models_keep_fbgemm():
     q = fxquant.quantize(_mlp(), (torch.randn(2, 40),), progress=False)
     assert _calls(q) == [fbgemm.WITH_RELU[fbgemm.LINEAR_DYNAMIC], fbgemm.LINEAR_DYNAMIC]
+
+
+def test_per_token_layers_of_a_model_that_generates_run_the_vnni_kernel():
+    from fxquant.passes.runtime_calls import linear_dynamic_per_token_vnni
+
+    torch.manual_seed(0)
+    lm = causal_lms.llama()
+    ids = torch.randint(0, causal_lms.VOCAB, (2, 6))
+    config = fxquant.QuantConfig(activation_granularity="per_token")
+    q = fxquant.quantize(lm, {"input_ids": ids}, config=config, progress=False)
+    regions = [m for m in q.modules() if isinstance(m, torch.fx.GraphModule)]
+    calls = [t for r in regions for t in _calls(r)]
+    assert (linear_dynamic_per_token_vnni in calls) == dynamic.available()
+    with torch.no_grad():
+        torch.testing.assert_close(q(input_ids=ids).logits,
+                                   fxquant.portable(q)(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -67,8 +68,9 @@ void reference_panels(const uint8_t* xq, int64_t M, const DynamicInt8& w, int64_
           acc += int32_t(xq[m * ldx + 4 * k4 + j]) *
                  int32_t(w.codes[((p * w.K4 + k4) * 16 + l) * 4 + j]);
       float v = (float(acc) - float(out.x_zero_point) * float(w.row_sum[n])) *
-                    (out.x_scale * w.scale[n]) +
-                (out.bias != nullptr ? out.bias[n] : 0.0f);
+                (out.x_scale * w.scale[n]);
+      if (out.row_scale != nullptr) v *= out.row_scale[m];
+      v += out.bias != nullptr ? out.bias[n] : 0.0f;
       if (out.relu) v = std::max(v, 0.0f);
       out.y[m * out.ldy + n] = v;
     }
@@ -77,7 +79,7 @@ void reference_panels(const uint8_t* xq, int64_t M, const DynamicInt8& w, int64_
 at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
                                const at::Tensor& scale, const at::Tensor& row_sum,
                                const std::optional<at::Tensor>& bias, int64_t K,
-                               bool reduce_range, bool relu) {
+                               bool reduce_range, bool relu, bool per_token) {
   TORCH_CHECK_VALUE(codes.dim() == 4 && codes.size(2) == 16 && codes.size(3) == 4 &&
                         codes.scalar_type() == at::kChar && codes.is_contiguous(),
                     "codes must be contiguous int8 [ceil(N / 16), ceil(K / 4), 16, 4], got ",
@@ -100,8 +102,16 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
                       "bias must be a contiguous float32 [", N, "]");
     b = bias->data_ptr<float>();
   }
-  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  at::Tensor x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
+  at::Tensor row_scale;
+  if (per_token && M > 0) {
+    // reference.token_scales: each row's abs-max floored at the smallest normal float; the rows
+    // divided by it are quantized per tensor, and the kernel multiplies each row back.
+    row_scale = at::maximum(x2.amax(1, true), x2.amin(1, true).neg_())
+                    .clamp_min_(std::numeric_limits<float>::min());
+    x2 = x2 / row_scale;
+  }
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes.back() = N;
   at::Tensor y = at::empty({M, N}, x.options());
@@ -117,7 +127,8 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
       hi = std::max(hi, xp[i]);
     }
   }
-  DynamicOutput out{y.data_ptr<float>(), N, b, 0.0f, 0, relu};
+  DynamicOutput out{y.data_ptr<float>(), N, b, 0.0f, 0, relu,
+                    per_token ? row_scale.data_ptr<float>() : nullptr};
   activation_qparams(lo, hi, reduce_range, &out.x_scale, &out.x_zero_point);
   // Quantized rows padded to 4 * K4 with the zero-point (the padded weights are zero anyway).
   const int64_t ldx = 4 * K4;
@@ -155,7 +166,7 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
 TORCH_LIBRARY_FRAGMENT(fxquant_cpu, m) {
   m.def(
       "linear_int8_dynamic(Tensor x, Tensor codes, Tensor scale, Tensor row_sum, Tensor? bias, "
-      "int K, bool reduce_range, bool relu) -> Tensor");
+      "int K, bool reduce_range, bool relu, bool per_token) -> Tensor");
   // Whether linear_int8_dynamic runs its VNNI kernel here (pack_weights' choice of layout).
   m.def("dynamic_vnni() -> bool", [] { return fxquant::int8_kernels_use_avx512() && fxquant::cpu_has_vnni(); });
 }

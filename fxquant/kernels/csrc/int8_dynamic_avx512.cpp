@@ -59,8 +59,9 @@ inline void tile(const uint8_t* xq, int64_t ldx, int64_t m, const DynamicInt8& w
                                          : _mm512_maskz_loadu_ps(mask, out.bias + n0);
     for (int i = 0; i < MB; ++i) {
       // (acc - zp * row_sum) in float: exact while |acc| < 2^24, as fbgemm computes it.
-      __m512 v = _mm512_fnmadd_ps(zp, rs, _mm512_cvtepi32_ps(acc[i][j]));
-      v = _mm512_fmadd_ps(v, s, b);
+      __m512 v = _mm512_mul_ps(_mm512_fnmadd_ps(zp, rs, _mm512_cvtepi32_ps(acc[i][j])), s);
+      if (out.row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(out.row_scale[m + i]));
+      v = _mm512_add_ps(v, b);
       if (out.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
       _mm512_mask_storeu_ps(out.y + (m + i) * out.ldy + n0, mask, v);
     }

@@ -53,6 +53,7 @@ struct DynamicOutput {
   float x_scale;
   int32_t x_zero_point;
   bool relu;
+  const float* row_scale;  // per-token mode: each row's abs-max, multiplied back; else null
 };
 
 // AVX-512 helpers of the dynamic op: the range of x, and one row quantized to uint8.
