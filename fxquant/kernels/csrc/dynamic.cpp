@@ -149,7 +149,9 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
   }
   const DynamicInt8 w{codes.data_ptr<int8_t>(), scale.data_ptr<float>(),
                       row_sum.data_ptr<int32_t>(), N, K4};
-  const int64_t grain = std::max<int64_t>(8, (int64_t{1} << 16) / std::max<int64_t>(M * K, 1));
+  // Panels per thread chunk: at least ~64K multiply-adds (a fork costs a few microseconds), so
+  // at one token a 1024-wide layer still splits across two threads.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(M * K * 16, 1));
   at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) {
     if (fast) {
       int8_dynamic_panels_vnni(q, M, w, p0, p1, out);
