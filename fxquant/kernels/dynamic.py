@@ -36,8 +36,15 @@ def available() -> bool:
 
 def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> VnniLinear:
     """The layer's runtime form from its int8 codes ``[N, K]`` (zero-point 0)."""
-    return VnniLinear(block_int8_vnni(codes), scale, codes.sum(1, dtype=torch.int32), bias,
-                      codes.shape[1])
+    return VnniLinear(block_int8_vnni(codes), scale, _row_sums(codes), bias, codes.shape[1])
+
+
+def _row_sums(codes: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+    """Each row's sum of codes, int32, a block of rows at a time: ``sum(dtype=int32)`` widens
+    its whole input first (GPT-2's tied ``lm_head``: a 154 MB temporary at load)."""
+    return torch.cat([codes[r:r + rows].sum(1, dtype=torch.int32)
+                      for r in range(0, codes.shape[0], rows)]) if codes.shape[0] else \
+        codes.new_zeros(0, dtype=torch.int32)
 
 
 def unpack(layer: VnniLinear) -> torch.Tensor:
