@@ -60,3 +60,24 @@ def linear(x: torch.Tensor, layer: VnniLinear, reduce_range: bool, relu: bool = 
     return torch.ops.fxquant_cpu.linear_int8_dynamic(
         x, layer.codes, layer.scale, layer.row_sum, layer.bias, layer.k, reduce_range, relu,
         per_token)
+
+
+def divide_rows_by_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x / r, r)`` with ``r = reference.token_scales(x)`` (each row's abs-max, ``[..., 1]``):
+    the per-token scaling before fbgemm's GEMM, in one C++ op (two reads of each row) where the
+    extension is loaded; bit-identical to the ATen form it replaces."""
+    if weight_only.available() and x.dtype == torch.float32:
+        return torch.ops.fxquant_cpu.divide_rows_by_absmax(x)
+    from .reference import token_scales
+
+    r = token_scales(x)
+    return x / r, r
+
+
+def scale_rows_add_bias_(y: torch.Tensor, r: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """``y.mul_(r).add_(bias)`` in place in one C++ pass (two roundings, as ATen)."""
+    if weight_only.available() and y.is_contiguous() and r.is_contiguous():
+        return torch.ops.fxquant_cpu.scale_rows_add_bias_(y, r, bias)
+    y.mul_(r)
+    return y if bias is None else y.add_(bias)

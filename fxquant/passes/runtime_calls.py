@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from ..kernels import dynamic, fbgemm, weight_only
-from ..kernels.reference import token_scales
 
 
 def embedding_packed(indices: torch.Tensor, table: tuple) -> torch.Tensor:
@@ -33,9 +32,9 @@ def linear_dynamic_per_token_packed(x: torch.Tensor, packed: Any, reduce_range: 
     """The runtime call of a per-token dynamic layer: rows divided by their abs-max, fbgemm's
     dynamic GEMM on the packed weight (packed without the bias), rows scaled back, bias added;
     what ``fxquant::linear_dynamic_per_token`` computes on its fast path."""
-    r = token_scales(x)
-    y = fbgemm.LINEAR_DYNAMIC(x / r, packed, reduce_range).mul_(r)
-    return y if bias is None else y.add_(bias)
+    scaled, r = dynamic.divide_rows_by_absmax(x)
+    return dynamic.scale_rows_add_bias_(fbgemm.LINEAR_DYNAMIC(scaled, packed, reduce_range), r,
+                                        bias)
 
 
 def linear_weight_only_packed(x: torch.Tensor, layer: tuple) -> torch.Tensor:

@@ -91,3 +91,15 @@ def test_per_token_matches_the_reference_within_rounding(k, n, m):
     magnitude = x.abs() @ qw.dequantize().abs().T + layer.bias.abs() + 1e-3
     assert ((y - expected).abs() <= 1e-5 * magnitude).all()
     assert torch.equal(y[0], layer.bias)
+
+
+@pytest.mark.parametrize("shape", [(5, 37), (2, 3, 384), (1, 8)])
+def test_per_token_scaling_ops_are_bit_identical_to_aten(shape):
+    x = torch.randn(shape) * torch.logspace(-3, 3, shape[-1])
+    x[..., 0, :] = 0.0 if len(shape) > 1 else x[..., 0, :]  # an all-zero row: r = smallest normal
+    scaled, r = dynamic.divide_rows_by_absmax(x)
+    expected_r = reference.token_scales(x)
+    assert torch.equal(r, expected_r) and torch.equal(scaled, x / expected_r)
+    y, bias = torch.randn(*shape[:-1], 21), torch.randn(21)
+    assert torch.equal(dynamic.scale_rows_add_bias_(y.clone(), r, bias), y * r + bias)
+    assert torch.equal(dynamic.scale_rows_add_bias_(y.clone(), r, None), y * r)

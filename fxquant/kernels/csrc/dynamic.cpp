@@ -10,9 +10,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <optional>
 #include <vector>
 
@@ -162,10 +165,91 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
   return y.view(sizes);
 }
 
+// Per-token mode around fbgemm (reference.fake_quantize_dynamic_per_token): x divided by each
+// row's abs-max (floored at the smallest normal float), and those abs-maxes shaped [..., 1]; one
+// read of each row for the max and one for the division, where the ATen form takes five ops.
+std::tuple<at::Tensor, at::Tensor> divide_rows_by_absmax(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.dim() >= 1 && x.device().is_cpu(),
+                    "x must be a float32 CPU tensor, got ", x.scalar_type(), " ", x.sizes());
+  const int64_t K = x.size(-1);
+  const at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const int64_t M = x2.size(0);
+  std::vector<int64_t> rsizes = x.sizes().vec();
+  rsizes.back() = 1;
+  at::Tensor out = at::empty_like(x2), r = at::empty({M}, x.options());
+  const float* xp = x2.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* rp = r.data_ptr<float>();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)),
+                   [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* row = xp + m * K;
+      __m256 vmax = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(row + k)));
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, vmax);
+      float amax = 0.0f;
+      for (float v : lanes) amax = std::max(amax, v);
+      for (; k < K; ++k) amax = std::max(amax, std::abs(row[k]));
+      const float rm = std::max(amax, std::numeric_limits<float>::min());
+      rp[m] = rm;
+      const __m256 rv = _mm256_set1_ps(rm);
+      float* dst = op + m * K;
+      for (k = 0; k + 8 <= K; k += 8) _mm256_storeu_ps(dst + k, _mm256_div_ps(_mm256_loadu_ps(row + k), rv));
+      for (; k < K; ++k) dst[k] = row[k] / rm;
+    }
+  });
+  return {out.view(x.sizes()), r.view(rsizes)};
+}
+
+// y * r (each row by its own factor, r [..., 1]) then + bias, in place, as two separately rounded
+// operations (y.mul_(r).add_(bias) in ATen): no fused multiply-add.
+__attribute__((optimize("fp-contract=off")))
+at::Tensor scale_rows_add_bias_(at::Tensor y, const at::Tensor& r,
+                                const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat && y.is_contiguous() &&
+                        r.scalar_type() == at::kFloat && r.is_contiguous() &&
+                        r.numel() * y.size(-1) == y.numel(),
+                    "y must be contiguous float32 [..., N] and r [..., 1]");
+  const int64_t N = y.size(-1), M = r.numel();
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->scalar_type() == at::kFloat && bias->numel() == N &&
+                          bias->is_contiguous(), "bias must be a contiguous float32 [", N, "]");
+    b = bias->data_ptr<float>();
+  }
+  float* yp = y.data_ptr<float>();
+  const float* rp = r.data_ptr<float>();
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)),
+                   [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      float* row = yp + m * N;
+      const __m256 rv = _mm256_set1_ps(rp[m]);
+      int64_t n = 0;
+      for (; n + 8 <= N; n += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + n), rv);
+        if (b != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(b + n));
+        _mm256_storeu_ps(row + n, v);
+      }
+      for (; n < N; ++n) {
+        float v = row[n] * rp[m];
+        if (b != nullptr) v += b[n];
+        row[n] = v;
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 }  // namespace fxquant
 
 TORCH_LIBRARY_FRAGMENT(fxquant_cpu, m) {
+  m.def("divide_rows_by_absmax(Tensor x) -> (Tensor, Tensor)");
+  m.def("scale_rows_add_bias_(Tensor(a!) y, Tensor r, Tensor? bias) -> Tensor(a!)");
   m.def(
       "linear_int8_dynamic(Tensor x, Tensor codes, Tensor scale, Tensor row_sum, Tensor? bias, "
       "int K, bool reduce_range, bool relu, bool per_token) -> Tensor");
@@ -175,4 +259,6 @@ TORCH_LIBRARY_FRAGMENT(fxquant_cpu, m) {
 
 TORCH_LIBRARY_IMPL(fxquant_cpu, CPU, m) {
   m.impl("linear_int8_dynamic", &fxquant::linear_int8_dynamic);
+  m.impl("divide_rows_by_absmax", &fxquant::divide_rows_by_absmax);
+  m.impl("scale_rows_add_bias_", &fxquant::scale_rows_add_bias_);
 }
