@@ -48,7 +48,7 @@ from .insert_observers import INSERT_OBSERVERS, run_insert_observers
 from .insert_statistics import INSERT_STATISTICS, run_insert_statistics
 from .lower_to_int8 import LOWER_TO_INT8, run_lower_to_int8
 from .pack_weights import PACK_WEIGHTS, run_pack_weights
-from .portable import portable, portable_model
+from .portable_twin import portable, portable_model
 from .smooth_quant import SMOOTH_QUANT, run_smooth_quant
 
 # Each entry is a Pass: its name, whether it works in place, and the check of its guarantees

@@ -27,7 +27,7 @@ import fxquant
 from fxquant import ops
 from fxquant.onnx_export.twin import export_reference, float_activation_reference
 from fxquant.onnx_export.validate import BOUNDS, check_output
-from fxquant.passes.portable import portable_model
+from fxquant.passes.portable_twin import portable_model
 
 pytestmark = pytest.mark.onnx
 
