@@ -200,6 +200,9 @@ def status() -> ExtensionStatus:
     result = _load(verbose=False)
     if result.loaded:
         _LOG.debug("fxquant weight-only C++ kernels %s", result.detail)
+        isa = os.environ.get("FXQUANT_KERNEL_ISA")
+        if isa:  # e.g. "avx2" on an AVX-512 machine: run (and test) what an AVX2 CPU runs
+            torch.ops.fxquant_cpu.kernel_isa(isa)
     else:
         _LOG.warning(
             "fxquant weight-only C++ kernels unavailable (%s); using %s",
@@ -226,14 +229,19 @@ def tile_min_rows(bits: int, rows: int = -1) -> int:
 
     With ``rows >= 0`` sets it (for benchmarks and tests) and returns the previous value.
     """
+    status()  # loads the extension on first use
     return int(torch.ops.fxquant_cpu.tile_min_rows(bits, rows))
 
 
 def kernel_isa(isa: str = "") -> str:
-    """The instruction set the int8 row kernels run on: ``"avx512"`` where the CPU has it
-    (avx512f/bw/vl/dq), else ``"avx2"``. With ``isa`` set ("avx2" / "avx512") switches (for parity
-    tests and benchmarks) and returns the previous choice.
+    """The instruction set fxquant's int8 kernels run on: ``"avx512"`` where the CPU has it
+    (avx512f/bw/vl/dq), else ``"avx2"`` (``FXQUANT_KERNEL_ISA=avx2`` at load chooses AVX2 on any
+    CPU); ``"none"`` where the extension is not loaded. With ``isa`` set ("avx2" / "avx512")
+    switches (for parity tests and benchmarks) and returns the previous choice. ``pack_weights``
+    picks the layouts from it.
     """
+    if not available():  # loads the extension on first use; without it no kernel runs
+        return "none"
     return str(torch.ops.fxquant_cpu.kernel_isa(isa))
 
 

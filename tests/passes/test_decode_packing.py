@@ -98,3 +98,39 @@ def test_per_token_layers_of_a_model_that_generates_run_the_vnni_kernel():
         torch.testing.assert_close(q(input_ids=ids).logits,
                                    fxquant.portable(q)(input_ids=ids).logits,
                                    rtol=1e-4, atol=1e-4)
+
+
+_AVX2_SCRIPT = r"""
+import sys, torch, fxquant
+sys.path.insert(0, sys.argv[1])
+from tests import causal_lms
+from fxquant.kernels import dynamic, weight_only
+assert weight_only.kernel_isa() == "avx2" and not dynamic.available()
+torch.manual_seed(0)
+lm = causal_lms.gpt2()
+ids = torch.randint(0, causal_lms.VOCAB, (1, 6))
+for mode in ("dynamic", "weight_only"):
+    q = fxquant.quantize(lm, {"input_ids": ids}, config=fxquant.QuantConfig(mode=mode),
+                         progress=False)
+    kernels = {l.kernel for l in fxquant.record_of(q).layers if l.kind == "linear"}
+    assert not any("panels" in k for k in kernels), kernels
+    with torch.no_grad():
+        torch.testing.assert_close(q(input_ids=ids).logits,
+                                   fxquant.portable(q)(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_an_avx2_cpu_gets_the_row_layout_and_fbgemm():
+    """FXQUANT_KERNEL_ISA=avx2 (what an AVX2-only CPU runs): no panel layouts, same model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, str(root)], capture_output=True,
+                            text=True, env={**os.environ, "FXQUANT_KERNEL_ISA": "avx2"},
+                            timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
