@@ -10,10 +10,11 @@ Prefill tokens/s: one 128-token forward. Candidates, interleaved in every repeti
 HF fp32, fxquant dynamic / static / weight_only (int8 per channel) / weight_only int4 (4-bit,
 group 128, round-to-nearest), torch.ao ``quantize_dynamic`` (GPT-2's Conv1D converted to nn.Linear
 by hand first, as an expert would) and torchao's int8 configs when torchao is installed; with
-``--compile``, also HF fp32 and fxquant dynamic (its portable twin) under ``torch.compile`` with a
-static KV cache. Greedy agreement: share of the 64 tokens equal to fp32's (on random weights logits
-are nearly flat, so this measures near-ties); logits cosine: the 128-token prefill's logits against
-fp32's, the accuracy figure. Size on disk: ``fxquant.save`` (``save_pretrained`` for fp32).
+``--compile``, also HF fp32 and fxquant dynamic (its portable twin, and the packed runtime model
+itself) under ``torch.compile`` with a static KV cache. Greedy agreement: share of the 64 tokens
+equal to fp32's (on random weights logits are nearly flat, so this measures near-ties); logits
+cosine: the 128-token prefill's logits against fp32's, the accuracy figure. Size on disk:
+``fxquant.save`` (``save_pretrained`` for fp32).
 
 Weights are random (no downloads); they are created in memory, so no memory-mapped file pages
 can be evicted during timing.
@@ -103,12 +104,15 @@ FXQUANT_CONFIGS = {
 
 
 def compiled_candidates(models: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
-    """HF fp32 and fxquant dynamic's portable twin with ``forward`` under ``torch.compile``
-    (generate then uses a static KV cache: see ``_generate``)."""
+    """HF fp32, fxquant dynamic's portable twin and fxquant dynamic itself (its packed runtime
+    form) with ``forward`` under ``torch.compile`` (generate then uses a static KV cache: see
+    ``_generate``)."""
     out = {}
     for label, model in (("HF fp32 compiled", copy.deepcopy(models["HF fp32"])),
                          ("fxquant dynamic compiled",
-                          fxquant.portable(models["fxquant dynamic"]))):
+                          fxquant.portable(models["fxquant dynamic"])),
+                         ("fxquant dynamic packed compiled",
+                          copy.deepcopy(models["fxquant dynamic"]))):
         model.forward = torch.compile(model.forward, dynamic=False)
         model.bench_static_cache = True
         out[label] = model
