@@ -17,6 +17,7 @@ import torch
 
 from . import weight_only
 from .packing import block_int8_vnni, unblock_int8_vnni
+from .reference import token_scales
 
 
 class VnniLinear(NamedTuple):
@@ -42,9 +43,10 @@ def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) ->
 def _row_sums(codes: torch.Tensor, rows: int = 1024) -> torch.Tensor:
     """Each row's sum of codes, int32, a block of rows at a time: ``sum(dtype=int32)`` widens
     its whole input first (GPT-2's tied ``lm_head``: a 154 MB temporary at load)."""
-    return torch.cat([codes[r:r + rows].sum(1, dtype=torch.int32)
-                      for r in range(0, codes.shape[0], rows)]) if codes.shape[0] else \
-        codes.new_zeros(0, dtype=torch.int32)
+    sums = codes.new_empty(codes.shape[0], dtype=torch.int32)
+    for r in range(0, codes.shape[0], rows):
+        torch.sum(codes[r:r + rows], 1, dtype=torch.int32, out=sums[r:r + rows])
+    return sums
 
 
 def unpack(layer: VnniLinear) -> torch.Tensor:
@@ -68,8 +70,6 @@ def divide_rows_by_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     extension is loaded; bit-identical to the ATen form it replaces."""
     if weight_only.available() and x.dtype == torch.float32:
         return torch.ops.fxquant_cpu.divide_rows_by_absmax(x)
-    from .reference import token_scales
-
     r = token_scales(x)
     return x / r, r
 

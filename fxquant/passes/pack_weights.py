@@ -144,8 +144,8 @@ def _blocked_weight_only() -> bool:
 def _layout_for(op: str, ctx: PassContext) -> str:
     if op == "linear_weight_only":
         return "panels" if _blocked_weight_only() else ""
-    # fxquant's VNNI kernel streams a weight 1.2-2.3x faster than fbgemm at 1-3 rows, 0.7-0.8x
-    # as fast from 32 rows on (docs/kernel_choice.md): for models that decode token by token.
+    # fxquant's VNNI kernel streams a weight 1.1-1.9x faster than fbgemm at 1-16 rows, 0.7-0.8x
+    # as fast from ~32 rows on (docs/kernel_choice.md): for models that decode token by token.
     # Per token, it also quantizes the rows and scales them back in its own loops.
     if op in ("linear_dynamic", "linear_dynamic_per_token") and ctx.decode and dynamic.available():
         return "vnni"
@@ -184,7 +184,7 @@ def _packed_call(entry: PackedLinear, act: tuple[Any, ...],
                  packed: fx.Node) -> tuple[Any, tuple[Any, ...]]:
     """The runtime function and its arguments for a packed layer with activation args ``act``."""
     op = entry.op
-    if op == "linear_weight_only":
+    if entry.layout == "panels":
         return linear_weight_only_blocked, (act[0], packed)
     if entry.layout == "vnni":
         per_token = op == "linear_dynamic_per_token"
@@ -223,7 +223,8 @@ def _alias(gm: fx.GraphModule, name: str, entry: PackedLinear,
 
 
 def _bias_in_pack(entry: PackedLinear) -> bool:
-    """Per-token layers add their bias after scaling the rows back, so it stays out of the pack."""
+    """fbgemm's per-token layers add their bias after scaling the rows back, so it stays out of
+    the pack; the VNNI kernel adds it after the row scaling itself."""
     return entry.op != "linear_dynamic_per_token" or entry.layout == "vnni"
 
 

@@ -66,6 +66,16 @@ def _has_avx512() -> bool:
     return _AVX512.issubset(cpu.flags())
 
 
+def _use_isa(isa: str) -> str:
+    """Run the int8 kernels on ``isa``; where the CPU lacks AVX-512, check that it is refused and
+    use the AVX2 kernels, which must then serve the case. Returns the previous choice."""
+    if isa == "avx512" and not _has_avx512():
+        with pytest.raises(ValueError, match="lacks AVX-512"):
+            wo.kernel_isa("avx512")
+        isa = "avx2"
+    return wo.kernel_isa(isa)
+
+
 @pytest.fixture(params=["rows avx2", "rows avx512", "tiled"])
 def path(request):
     """Force the row kernels (on one instruction set) or the tiled-BLAS path for every M
@@ -73,11 +83,7 @@ def path(request):
     if not wo.available():
         pytest.skip(f"weight-only extension not built: {wo.status().detail}")
     isa = request.param.split()[-1] if request.param.startswith("rows") else wo.kernel_isa()
-    if isa == "avx512" and not _has_avx512():
-        with pytest.raises(ValueError, match="lacks AVX-512"):
-            wo.kernel_isa("avx512")
-        isa = "avx2"  # the AVX2 kernels must then serve this case
-    previous_isa = wo.kernel_isa(isa)
+    previous_isa = _use_isa(isa)
     rows = 0 if request.param == "tiled" else 1 << 30
     previous = {bits: wo.tile_min_rows(bits, rows) for bits in (4, 8)}
     yield request.param
@@ -265,12 +271,7 @@ def isa(request):
     """Run the blocked kernel on one instruction set (restored afterwards)."""
     if not wo.available():
         pytest.skip(f"weight-only extension not built: {wo.status().detail}")
-    if request.param == "avx512" and not _has_avx512():
-        with pytest.raises(ValueError, match="lacks AVX-512"):
-            wo.kernel_isa("avx512")
-        previous = wo.kernel_isa("avx2")  # the AVX2 kernel must then serve this case
-    else:
-        previous = wo.kernel_isa(request.param)
+    previous = _use_isa(request.param)
     yield request.param
     wo.kernel_isa(previous)
 

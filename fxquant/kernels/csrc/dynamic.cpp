@@ -79,6 +79,8 @@ void reference_panels(const uint8_t* xq, int64_t M, const DynamicInt8& w, int64_
     }
 }
 
+std::tuple<at::Tensor, at::Tensor> divide_rows_by_absmax(const at::Tensor& x);
+
 at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
                                const at::Tensor& scale, const at::Tensor& row_sum,
                                const std::optional<at::Tensor>& bias, int64_t K,
@@ -109,11 +111,9 @@ at::Tensor linear_int8_dynamic(const at::Tensor& x, const at::Tensor& codes,
   const int64_t M = x2.size(0);
   at::Tensor row_scale;
   if (per_token && M > 0) {
-    // reference.token_scales: each row's abs-max floored at the smallest normal float; the rows
-    // divided by it are quantized per tensor, and the kernel multiplies each row back.
-    row_scale = at::maximum(x2.amax(1, true), x2.amin(1, true).neg_())
-                    .clamp_min_(std::numeric_limits<float>::min());
-    x2 = x2 / row_scale;
+    // The rows divided by their abs-max are quantized per tensor; the kernel multiplies each
+    // row back in its epilogue.
+    std::tie(x2, row_scale) = divide_rows_by_absmax(x2);
   }
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes.back() = N;

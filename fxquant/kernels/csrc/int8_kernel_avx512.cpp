@@ -111,9 +111,10 @@ void direct_rows(const float* x, int64_t m, const Int8Weight& w, int64_t n0, int
 
 // --- more rows of x: widen once into a scratch ---------------------------------------------------
 //
-// A tile is TM rows of x by TN scratch rows, TM * TN = 16 accumulators reduced together. 4 x 4
-// measured faster than 2 x 8 on the GPT-2 and seed-MLP shapes at M = 4..64 (2 x 8 reads x half as
-// often but loads twice the scratch per step).
+// A tile is 4 rows of x by 4 scratch rows, 16 accumulators reduced together. 4 x 4 measured
+// faster than 2 x 8 on the GPT-2 and seed-MLP shapes at M = 4..64 (2 x 8 reads x half as often
+// but loads twice the scratch per step).
+constexpr int kTile = 4;
 
 // Rows [n, n + NB) of the weight as floats, K padded with zeros to a multiple of 16.
 template <int NB>
@@ -124,8 +125,8 @@ void fill_scratch(const Int8Weight& w, int64_t n, int64_t k16, float* scratch) {
       _mm512_store_ps(scratch + j * k16 + k, widen(w.codes + (n + j) * K + k, tail_mask(K - k)));
 }
 
-// y[m : m + MB, n : n + NB] from the scratch rows, MB <= TM, NB <= TN.
-template <int TN, int MB, int NB>
+// y[m : m + MB, n : n + NB] from the scratch rows, MB, NB <= kTile.
+template <int MB, int NB>
 void scratch_tile(const float* x, int64_t m, const float* scratch, int64_t k16, const Int8Weight& w,
                   int64_t n, const Output& out) {
   const int64_t K = w.K;
@@ -138,7 +139,7 @@ void scratch_tile(const float* x, int64_t m, const float* scratch, int64_t k16, 
     for (int j = 0; j < NB; ++j) wv[j] = _mm512_load_ps(scratch + j * k16 + k);
     for (int i = 0; i < MB; ++i) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m + i) * K + k);
-      for (int j = 0; j < NB; ++j) acc[i * TN + j] = _mm512_fmadd_ps(xv, wv[j], acc[i * TN + j]);
+      for (int j = 0; j < NB; ++j) acc[i * kTile + j] = _mm512_fmadd_ps(xv, wv[j], acc[i * kTile + j]);
     }
   }
   alignas(64) float sums[16];
@@ -146,41 +147,41 @@ void scratch_tile(const float* x, int64_t m, const float* scratch, int64_t k16, 
                                   acc[8], acc[9], acc[10], acc[11], acc[12], acc[13], acc[14],
                                   acc[15]));
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) store_output(&sums[i * TN + j], m + i, n + j, w, out);
+    for (int j = 0; j < NB; ++j) store_output(&sums[i * kTile + j], m + i, n + j, w, out);
 }
 
-template <int TM, int TN, int NB>
+template <int NB>
 void scratch_block(const float* x, int64_t M, const Int8Weight& w, int64_t n, float* scratch,
                    int64_t k16, const Output& out) {
   fill_scratch<NB>(w, n, k16, scratch);
   int64_t m = 0;
-  for (; m + TM <= M; m += TM) scratch_tile<TN, TM, NB>(x, m, scratch, k16, w, n, out);
-  for (; m < M; ++m) scratch_tile<TN, 1, NB>(x, m, scratch, k16, w, n, out);
+  for (; m + kTile <= M; m += kTile) scratch_tile<kTile, NB>(x, m, scratch, k16, w, n, out);
+  for (; m < M; ++m) scratch_tile<1, NB>(x, m, scratch, k16, w, n, out);
 }
 
-template <int TM, int TN, int NB>
+// The last 1 .. NB weight rows.
+template <int NB>
 void scratch_tail(const float* x, int64_t M, const Int8Weight& w, int64_t n, int64_t n1,
                   float* scratch, int64_t k16, const Output& out) {
   if constexpr (NB > 0) {
     if (n1 - n == NB) {
-      scratch_block<TM, TN, NB>(x, M, w, n, scratch, k16, out);
+      scratch_block<NB>(x, M, w, n, scratch, k16, out);
     } else {
-      scratch_tail<TM, TN, NB - 1>(x, M, w, n, n1, scratch, k16, out);
+      scratch_tail<NB - 1>(x, M, w, n, n1, scratch, k16, out);
     }
   }
 }
 
-template <int TM, int TN>
 void scratch_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                   const Output& out) {
   const int64_t k16 = (w.K + 15) / 16 * 16;
-  // One scratch per call and thread, TN weight rows long. aligned_alloc, not a std::vector: no
-  // standard-library template may be instantiated under this file's AVX-512 pragma (the linker
-  // could keep that copy for the AVX2 code too).
-  float* scratch = static_cast<float*>(std::aligned_alloc(64, TN * k16 * sizeof(float)));
+  // One scratch per call and thread, kTile weight rows long. aligned_alloc, not a std::vector:
+  // no standard-library template may be instantiated under this file's AVX-512 pragma (the
+  // linker could keep that copy for the AVX2 code too).
+  float* scratch = static_cast<float*>(std::aligned_alloc(64, kTile * k16 * sizeof(float)));
   int64_t n = n0;
-  for (; n + TN <= n1; n += TN) scratch_block<TM, TN, TN>(x, M, w, n, scratch, k16, out);
-  scratch_tail<TM, TN, TN - 1>(x, M, w, n, n1, scratch, k16, out);
+  for (; n + kTile <= n1; n += kTile) scratch_block<kTile>(x, M, w, n, scratch, k16, out);
+  scratch_tail<kTile - 1>(x, M, w, n, n1, scratch, k16, out);
   std::free(scratch);
 }
 
@@ -189,7 +190,7 @@ void scratch_rows(const float* x, int64_t M, const Int8Weight& w, int64_t n0, in
 void int8_rows_avx512(const float* x, int64_t M, const Int8Weight& w, int64_t n0, int64_t n1,
                       const Output& out) {
   if (M >= kScratchMinRows) {
-    scratch_rows<4, 4>(x, M, w, n0, n1, out);
+    scratch_rows(x, M, w, n0, n1, out);
     return;
   }
   if (M == 3) {
